@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Self-contained model runner: copy this one file to a device next to a model and its inputs.
+
+Needs only NumPy plus onnxruntime (for .onnx / .ort) or LiteRT (``ai_edge_litert``, or the
+older ``tflite_runtime``, or full TensorFlow) for .tflite. Python >= 3.8. Nothing from pocketkd
+is imported, so the same code runs on the host, under qemu-aarch64 and on a board over ssh.
+
+    python runner.py --model student.onnx --inputs eval.npz --threads 1 --warmup 50 --runs 300 \
+        --json result.json
+
+It prints (or writes) one JSON object: platform, runtime and version, session-creation and
+first-inference times, latency statistics over the timed runs, throughput, peak RSS, and the
+model's outputs on every input row of ``eval.npz['x']`` (for accuracy and parity checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+class OrtModel:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.version = ort.__version__
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
+        self.input_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inp.type, np.float32)
+        self.n_outputs = len(self.session.get_outputs())
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+
+
+def _tflite_interpreter_class():
+    """LiteRT first (the maintained runtime), then tflite_runtime (older devices), then TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        import ai_edge_litert
+
+        return Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        import tflite_runtime
+
+        return Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tensorflow", tf.__version__
+    except ImportError:
+        raise ImportError(
+            "no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime on older devices)"
+        ) from None
+
+
+class TFLiteModel:
+    def __init__(self, path: str, threads: int = 1):
+        cls, self.runtime, self.version = _tflite_interpreter_class()
+        self.interp = cls(model_path=path, num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        sig = self.inp.get("shape_signature", self.inp["shape"])
+        self.input_shape = [int(d) if d >= 0 else None for d in sig]
+        self.n_outputs = len(self.interp.get_output_details())
+        self._batch = int(self.inp["shape"][0])
+
+    def _quant(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.inp["dtype"]
+        if dtype in (np.int8, np.uint8):
+            scale, zp = self.inp["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
+        return x.astype(dtype, copy=False)
+
+    def _dequant(self, y: np.ndarray) -> np.ndarray:
+        if self.out["dtype"] in (np.int8, np.uint8):
+            scale, zp = self.out["quantization"]
+            return (y.astype(np.float32) - zp) * scale
+        return y.astype(np.float32, copy=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] != self._batch:
+            if self.input_shape[0] is not None:
+                raise ValueError(f"model has a fixed batch of {self._batch}; got {x.shape[0]} rows")
+            self.interp.resize_tensor_input(self.inp["index"], list(x.shape))
+            self.interp.allocate_tensors()
+            self.inp = self.interp.get_input_details()[0]
+            self.out = self.interp.get_output_details()[0]
+            self._batch = x.shape[0]
+        self.interp.set_tensor(self.inp["index"], self._quant(x))
+        self.interp.invoke()
+        return self._dequant(self.interp.get_tensor(self.out["index"]))
+
+
+def load_model(path: str, threads: int = 1, runtime: str = "auto"):
+    """A callable model for ``path``: onnxruntime for .onnx/.ort, a TFLite interpreter for .tflite."""
+    if runtime == "auto":
+        runtime = "tflite" if path.endswith(".tflite") else "onnxruntime"
+    if runtime == "onnxruntime":
+        return OrtModel(path, threads)
+    if runtime in ("tflite", "litert"):
+        return TFLiteModel(path, threads)
+    raise ValueError(f"unknown runtime {runtime!r}; allowed: auto, onnxruntime, tflite")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def predict_all(model, x: np.ndarray, max_batch: int = 1024) -> np.ndarray:
+    """Outputs for every row of ``x``: in chunks for dynamic-batch models, row by row when fixed."""
+    fixed = model.input_shape[0]
+    step = fixed if fixed is not None else max_batch
+    outs = []
+    for i in range(0, x.shape[0], step):
+        chunk = x[i : i + step]
+        if fixed is not None and chunk.shape[0] < fixed:  # pad the last chunk of a fixed-batch model
+            pad = np.repeat(chunk[-1:], fixed - chunk.shape[0], axis=0)
+            outs.append(model(np.concatenate([chunk, pad]))[: chunk.shape[0]])
+        else:
+            outs.append(model(chunk))
+    return np.concatenate(outs).astype(np.float32)
+
+
+def latency_stats(ms) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    out = {"n": int(a.size), "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
+           "std": float(a.std())}
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(a, p))
+    return out
+
+
+def time_model(model, x_batch: np.ndarray, warmup: int, runs: int) -> list:
+    for _ in range(warmup):
+        model(x_batch)
+    ms = []
+    clock = time.perf_counter_ns
+    for _ in range(runs):
+        t0 = clock()
+        model(x_batch)
+        ms.append((clock() - t0) / 1e6)
+    return ms
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            fields.setdefault(k.strip(), v.strip())
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        if fields.get(key):
+            return fields[key]
+    if "CPU implementer" in fields:
+        return "ARM implementer %s part %s" % (fields["CPU implementer"], fields.get("CPU part", "?"))
+    return platform.processor() or "unknown"
+
+
+def peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    except (ImportError, AttributeError):
+        return float("nan")
+
+
+def platform_info() -> dict:
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=1, runtime="auto") -> dict:
+    t0 = time.perf_counter()
+    model = load_model(model_path, threads, runtime)
+    create_ms = (time.perf_counter() - t0) * 1e3
+    fixed = model.input_shape[0]
+    if fixed is not None and fixed != batch:
+        batch = fixed
+    x_batch = np.ascontiguousarray(x[:batch] if x.shape[0] >= batch else np.resize(x, (batch,) + x.shape[1:]))
+    x_batch = x_batch.astype(np.float32)
+    t0 = time.perf_counter()
+    model(x_batch)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    ms = time_model(model, x_batch, warmup, runs)
+    stats = latency_stats(ms)
+    outputs = predict_all(model, x.astype(np.float32))
+    return {
+        "model": os.path.basename(model_path),
+        "size_bytes": os.path.getsize(model_path),
+        "runtime": model.runtime,
+        "runtime_version": model.version,
+        "platform": platform_info(),
+        "threads": threads,
+        "batch": batch,
+        "warmup": warmup,
+        "runs": runs,
+        "session_create_ms": create_ms,
+        "first_inference_ms": first_ms,
+        "latency_ms": stats,
+        "throughput_per_s": batch * 1e3 / stats["p50"] if stats["p50"] > 0 else None,
+        "latencies_ms": ms,
+        "peak_rss_mb": peak_rss_mb(),
+        "n_outputs": model.n_outputs,
+        "outputs": outputs.tolist(),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--inputs", required=True, help="NPZ with array 'x' (model-ready, normalised inputs)")
+    ap.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "tflite"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--json", help="write the result here instead of stdout")
+    args = ap.parse_args(argv)
+    for p in (args.model, args.inputs):
+        if not os.path.exists(p):
+            print("error: %s does not exist" % p, file=sys.stderr)
+            return 2
+    with np.load(args.inputs) as z:
+        x = z["x"]
+    try:
+        result = bench(args.model, x, args.threads, args.warmup, args.runs, args.batch, args.runtime)
+    except ImportError as exc:
+        print("error: missing runtime: %s" % exc, file=sys.stderr)
+        return 3
+    text = json.dumps(result)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.json)
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

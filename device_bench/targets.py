@@ -1,0 +1,82 @@
+"""Targets run ``runner.py`` with a model and inputs and return its JSON result.
+
+Registry ``TARGETS`` maps a scheme to a class; ``parse_target("host")`` builds one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUNNER = Path(__file__).with_name("runner.py")
+
+
+class TargetError(UserError):
+    """The target cannot run the bench (bad target string, unreachable, missing runtime)."""
+
+
+class Target:
+    scheme: ClassVar[str] = ""
+    emulated: ClassVar[bool] = False
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    @property
+    def label(self) -> str:
+        return self.spec
+
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+        raise NotImplementedError
+
+
+class HostTarget(Target):
+    """This machine, in a fresh Python process (the same interpreter), as a device would run it."""
+
+    scheme = "host"
+
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+        model = Path(model)
+        if not model.exists():
+            raise TargetError(f"model file {model} does not exist")
+        with tempfile.TemporaryDirectory(prefix="pocketkd-bench-") as tmp:
+            inputs = Path(tmp) / "inputs.npz"
+            out = Path(tmp) / "result.json"
+            np.savez(inputs, x=np.asarray(x, dtype=np.float32))
+            cmd = [sys.executable, str(RUNNER), "--model", str(model), "--inputs", str(inputs),
+                   "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
+                   "--batch", str(batch), "--json", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                raise TargetError(f"runner failed on host for {model.name}: " + " | ".join(tail))
+            result = json.loads(out.read_text())
+        result.update(target=self.label, emulated=self.emulated)
+        return result
+
+
+TARGETS: dict[str, type[Target]] = {"host": HostTarget}
+
+
+def parse_target(spec: str) -> Target:
+    scheme = spec.split("://", 1)[0] if "://" in spec else spec
+    cls = TARGETS.get(scheme)
+    if cls is None:
+        raise TargetError(f"unknown bench target {spec!r}; allowed: {', '.join(sorted(TARGETS))}")
+    return cls(spec)
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None

@@ -1,0 +1,62 @@
+"""ONNX Runtime static int8 quantization: QDQ format, per-channel weights, calibration on
+training inputs (``quant_pre_process`` first, as ORT recommends)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_copy
+
+log = logging.getLogger(__name__)
+
+
+class ArrayCalibrationReader:
+    """Feeds rows of ``x`` one batch at a time to ORT's calibrator."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32):
+        self.input_name = input_name
+        self.batches = [x[i : i + batch].astype(np.float32) for i in range(0, len(x), batch)]
+        self._it = iter(self.batches)
+
+    def get_next(self):
+        b = next(self._it, None)
+        return None if b is None else {self.input_name: b}
+
+    def rewind(self):
+        self._it = iter(self.batches)
+
+
+def quantize_int8_static(
+    src: Path, dst: Path, calib_x: np.ndarray, input_name: str, method: str = "minmax", per_channel: bool = True
+) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+
+    class Reader(ArrayCalibrationReader, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="pocketkd-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(input_name, calib_x),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=methods[method],
+        )
+        return atomic_copy(out, dst)

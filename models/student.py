@@ -1,0 +1,44 @@
+"""The multi-task student (shared backbone, label head + teacher head) and ``drop_teacher_head``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.mlp import Regressor
+
+HEADS = ("label", "teacher")
+
+
+class TwoHeadStudent(nn.Module):
+    """Shared backbone; ``label_head`` fits the (noisy) labels, ``teacher_head`` the teacher's outputs.
+
+    ``forward`` returns both heads as a tuple (label, teacher), each (N, out_features).
+    """
+
+    def __init__(self, backbone: nn.Module, out_features: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.label_head = nn.Linear(backbone.out_features, out_features)
+        self.teacher_head = nn.Linear(backbone.out_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.backbone(x)
+        return self.label_head(z), self.teacher_head(z)
+
+
+class SingleHead(Regressor):
+    """What is deployed: the student's backbone and one head, one output tensor."""
+
+
+def drop_teacher_head(student: TwoHeadStudent, keep: Literal["label", "teacher"] = "label") -> SingleHead:
+    """A plain single-output module with a copy of the backbone and the kept head's weights."""
+    if keep not in HEADS:
+        raise ValueError(f"keep must be one of {HEADS}, got {keep!r}")
+    head = student.label_head if keep == "label" else student.teacher_head
+    out = SingleHead(copy.deepcopy(student.backbone), head.out_features)
+    out.head.load_state_dict(head.state_dict())
+    return out.eval()

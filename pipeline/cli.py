@@ -1,0 +1,135 @@
+"""Command line: ``python -m pipeline run|stages|report|config``.
+
+Library code logs; this module decides what the person sees. User mistakes (bad config, missing
+files) print one line and exit with code 2; a failed parity check exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import ParityError, UserError
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(verbose: bool) -> None:
+    # Our packages talk at INFO; third-party libraries only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for ours in ("pipeline", "models", "export", "device_bench"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (default: the shipped default run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set distill.method=kd (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.stages import STAGES
+
+    names = ", ".join(s.name for s in STAGES)
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description="pocketkd: distil, export, benchmark.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (finished stages are skipped)")
+    _add_config_args(run)
+    run.add_argument("--out", "-o", default="runs/default", help="run directory (default: runs/default)")
+    run.add_argument("--force", action="store_true", help="run every stage even if cached")
+    run.add_argument("--from", dest="start", metavar="STAGE", help=f"re-run from this stage on ({names})")
+    run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+
+    sub.add_parser("stages", help="list the stages in order")
+
+    rep = sub.add_parser("report", help="rebuild the report of an existing run directory")
+    rep.add_argument("--run", required=True, help="run directory")
+
+    cfg = sub.add_parser("config", help="print the resolved config (or the key reference)")
+    _add_config_args(cfg)
+    cfg.add_argument("--reference", action="store_true", help="print the Markdown reference of every key")
+    return ap
+
+
+def cmd_run(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.report import short_table
+    from pipeline.stages import check_model_sizes, default_runner
+
+    cfg = load_config(args.config, args.overrides)  # validated before anything is written
+    sizes = check_model_sizes(cfg)
+    runner = default_runner()
+    runner.select(args.start, args.only)  # unknown stage names fail before anything is written
+    run_dir = Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} exists and is not a directory")
+    log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,
+             sizes["teacher_params"], sizes["student_params"], sizes["deployed_params"])
+    results, _ = runner.run(run_dir, cfg, force=args.force, start=args.start, only=args.only)
+    print()
+    print("stages: " + ", ".join(f"{r.name} ({r.status}{f' {r.seconds:.1f}s' if r.status == 'ran' else ''})"
+                                 for r in results))
+    if (run_dir / "report.json").exists():
+        print(short_table(run_dir))
+        print(f"\nreport: {run_dir / 'report.md'}  (also report.html, report.json, plots/)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.report import short_table, write_report
+
+    run_dir = Path(args.run)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists():
+        raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
+    cfg = load_config(cfg_file)
+    write_report(run_dir, cfg)
+    print(short_table(run_dir))
+    print(f"\nreport: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from pipeline.config import config_reference, load_config
+
+    if args.reference:
+        print(config_reference(), end="")
+        return 0
+    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from pipeline.stages import STAGES
+
+    for i, s in enumerate(STAGES, 1):
+        print(f"{i}. {s.name:<8} {s.help}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages}
+    try:
+        return commands[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the first unfinished stage",
+              file=sys.stderr)
+        return 130

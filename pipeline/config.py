@@ -1,0 +1,324 @@
+"""The run configuration: a typed schema with defaults, validated before any work starts.
+
+A config is YAML. Every key has a default (``default.yaml`` next to this file holds the
+shipped default run), unknown keys are errors, and ``--set a.b=c`` overrides one key from
+the command line (the value is parsed as YAML, so ``--set teacher.train.epochs=10`` is an int).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+
+DEFAULT_CONFIG = "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class NoiseConfig(_Strict):
+    """Annotation error injected into train and validation labels (test labels stay clean)."""
+
+    sigma: float = Field(0.1, ge=0, description="std of Gaussian noise added to every noisy label")
+    outlier_fraction: float = Field(
+        0.2, ge=0, le=1, description="fraction p of train/val labels replaced by outliers"
+    )
+    outlier_low: float = Field(-5.0, description="outlier labels are drawn uniformly from [outlier_low, outlier_high]")
+    outlier_high: float = Field(5.0, description="upper end of the outlier range")
+
+    @model_validator(mode="after")
+    def _range(self) -> NoiseConfig:
+        if self.outlier_high <= self.outlier_low:
+            raise ValueError(
+                f"outlier_high ({self.outlier_high}) must be greater than outlier_low ({self.outlier_low})"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    name: Literal["sinusoid"] = Field("sinusoid", description="data set (registry: pipeline.data.DATASETS)")
+    n_train: int = Field(2000, ge=16, description="training samples")
+    n_val: int = Field(500, ge=8, description="validation samples (noisy labels, used for early stopping)")
+    n_test: int = Field(1000, ge=8, description="test samples (always clean labels)")
+    x_min: float = Field(-3.141592653589793, description="inputs are drawn uniformly from [x_min, x_max]")
+    x_max: float = Field(3.141592653589793, description="upper end of the input interval")
+    amplitude: float = Field(1.0, gt=0, description="A in y = A*sin(f*x + phase)")
+    frequency: float = Field(2.0, gt=0, description="f in y = A*sin(f*x + phase)")
+    phase: float = Field(0.0, description="phase in y = A*sin(f*x + phase)")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+
+    @model_validator(mode="after")
+    def _interval(self) -> DataConfig:
+        if self.x_max <= self.x_min:
+            raise ValueError(f"x_max ({self.x_max}) must be greater than x_min ({self.x_min})")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(300, ge=1, description="maximum epochs")
+    batch_size: int = Field(128, ge=1, description="mini-batch size")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    patience: int = Field(30, ge=1, description="early stopping: epochs without validation improvement")
+
+
+class TeacherConfig(_Strict):
+    hidden: list[int] = Field([512, 512, 512], min_length=1, description="hidden layer widths of the MLP teacher")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
+    loss: Literal["mse", "l1", "huber"] = Field("mse", description="loss on the (noisy) labels")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _widths(self) -> TeacherConfig:
+        if any(w < 1 for w in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        return self
+
+
+class StudentConfig(_Strict):
+    hidden: list[int] = Field([32, 32], min_length=1, description="hidden widths of the shared student backbone")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
+    keep_head: Literal["label", "teacher"] = Field(
+        "label", description="head kept by drop_teacher_head() for deployment"
+    )
+    max_param_ratio: float = Field(
+        0.05, gt=0, le=1, description="the student may have at most this fraction of the teacher's parameters"
+    )
+
+    @model_validator(mode="after")
+    def _widths(self) -> StudentConfig:
+        if any(w < 1 for w in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        return self
+
+
+class KDConfig(_Strict):
+    alpha: float = Field(0.5, ge=0, le=1, description="kd: alpha*MSE(s, y) + (1-alpha)*MSE(s, y_teacher)")
+
+
+class TORConfig(_Strict):
+    mode: Literal["reject", "substitute"] = Field(
+        "reject", description="outliers: leave out of the label loss (reject) or use y_teacher as target (substitute)"
+    )
+    delta_rule: Literal["absolute", "mad"] = Field(
+        "mad", description="outlier threshold: a fixed delta, or k x MAD-scale of the residuals y - y_teacher"
+    )
+    delta: float = Field(0.5, gt=0, description="threshold for delta_rule=absolute")
+    k: float = Field(3.0, gt=0, description="multiplier for delta_rule=mad (delta = k * 1.4826 * MAD)")
+
+
+class TORMTConfig(_Strict):
+    label_weight: float = Field(1.0, ge=0, description="weight of the TOR loss on the label head")
+    teacher_weight: float = Field(1.0, ge=0, description="weight of MSE(teacher head, y_teacher)")
+
+
+class DistillConfig(_Strict):
+    method: str = Field("tor_mt", description="method of the deployed student (registry: pipeline.methods.METHODS)")
+    baselines: list[str] = Field(
+        ["scratch", "kd"], description="extra students trained on the same data for comparison in the report"
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    tor: TORConfig = Field(default_factory=TORConfig)
+    tor_mt: TORMTConfig = Field(default_factory=TORMTConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        _check_method(name)
+        return name
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        for name in names:
+            _check_method(name)
+        return names
+
+
+def _check_method(name: str) -> None:
+    from pipeline.methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+
+
+class Int8Config(_Strict):
+    calibration_samples: int = Field(512, ge=1, description="training inputs fed to the int8 calibration")
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="ONNX Runtime calibration method"
+    )
+    per_channel: bool = Field(True, description="per-channel weight scales")
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
+    simplify: bool = Field(True, description="run onnxsim on the exported graph")
+    parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch")
+    int8: Int8Config = Field(default_factory=Int8Config)
+    tflite: bool = Field(True, description="also convert to TFLite (fp32, fp16) with onnx2tf")
+
+
+class BenchConfig(_Strict):
+    targets: list[str] = Field(["host"], min_length=1, description="where to run the bench (device_bench targets)")
+    threads: int = Field(1, ge=1, description="intra-op threads of the runtime")
+    warmup: int = Field(50, ge=0, description="untimed runs before timing")
+    runs: int = Field(300, ge=1, description="timed batch-1 runs")
+    batch: int = Field(1, ge=1, description="batch size of the timed runs")
+
+
+class Config(_Strict):
+    seed: int = Field(0, ge=0, description="seed of every random draw; the same seed gives the same CPU run")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def section_hash(self, *keys: str) -> str:
+        """Hash of the named top-level sections (plus the seed): a stage's slice of the config."""
+        full = self.to_dict()
+        part = {"seed": full["seed"], **{k: full[k] for k in keys}}
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"config path {path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys, got a {type(data).__name__}")
+    return data
+
+
+def default_config_dict() -> dict[str, Any]:
+    text = resources.files("pipeline").joinpath(DEFAULT_CONFIG).read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set teacher.train.epochs=10")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: {key!r} is not a dotted key such as data.noise.sigma")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {assignment!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            lines.append(f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("value_error", "assertion_error"):
+            lines.append(f"key '{key}': {msg}")
+        else:
+            lines.append(f"key '{key}' = {err.get('input')!r}: {msg}")
+    head = f"invalid config ({source}): "
+    return head + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Default config, then the file at ``path`` on top, then ``--set`` overrides; validated."""
+    tree = default_config_dict()
+    source = "default config"
+    if path is not None:
+        path = Path(path)
+        tree = _deep_merge(tree, _read_yaml(path))
+        source = str(path)
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, source)) from None
+
+
+def config_reference() -> str:
+    """A Markdown table of every key, its default and its meaning (docs/CONFIG.md)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str, defaults: dict[str, Any]) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".", defaults.get(name, {}))
+                continue
+            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            if str(ann).startswith("typing.Literal"):
+                typ = " \\| ".join(repr(a) for a in ann.__args__)
+            default = json.dumps(defaults.get(name))
+            rows.append(f"| `{key}` | {typ} | `{default}` | {field.description or ''} |")
+
+    walk(Config, "", load_config().to_dict())
+    return "\n".join(rows) + "\n"

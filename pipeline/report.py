@@ -1,0 +1,287 @@
+"""The report: ``report.json`` for machines, ``report.md`` / ``report.html`` and ``plots/`` for people.
+
+Tables are built once as rows and rendered to both Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata as md
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+import pipeline
+from pipeline.config import Config
+from pipeline.data import Splits
+from pipeline.io import atomic_write, atomic_write_json, atomic_write_text
+
+Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
+
+PACKAGES = ["numpy", "torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow-cpu", "ai-edge-litert"]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "pocketkd": pipeline.__version__}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _read(run_dir: Path, name: str) -> dict:
+    p = run_dir / name
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _f(v, digits=4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def collect(run_dir: Path, cfg: Config) -> dict:
+    data = _read(run_dir, "data.json")
+    teacher = _read(run_dir, "teacher.json")
+    distill = _read(run_dir, "distill.json")
+    student = _read(run_dir, "student.json")
+    export = _read(run_dir, "export.json")
+    bench = {}
+    for p in sorted((run_dir / "bench").glob("*.json")):
+        b = json.loads(p.read_text())
+        for r in b["results"]:
+            r.pop("latencies_ms", None)
+        bench[b["target"]] = b
+    summary = {}
+    for target, b in bench.items():
+        by = {(r["model"], r["format"]): r for r in b["results"]}
+        t = by.get(("teacher", "onnx_fp32"))
+        s = by.get(("student", "onnx_fp32"))
+        q = by.get(("student", "onnx_int8"))
+        if t and s:
+            summary[target] = {
+                "student_over_teacher_p50": s["latency_ms"]["p50"] / t["latency_ms"]["p50"],
+                "int8_rmse_over_fp32_rmse": (q["rmse"] / s["rmse"]) if q else None,
+            }
+    return {
+        "pocketkd_version": pipeline.__version__,
+        "versions": versions(),
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "data": data,
+        "teacher": {k: teacher.get(k) for k in ("params", "hidden", "loss", "test")}
+        | {"best_epoch": teacher.get("history", {}).get("best_epoch")},
+        "students": {
+            name: {k: v for k, v in m.items() if k != "history"} | {"best_epoch": m["history"]["best_epoch"]}
+            for name, m in distill.get("methods", {}).items()
+        },
+        "sizes": {k: distill.get(k) for k in ("teacher_params", "student_params", "deployed_params")},
+        "deployed": student,
+        "export": export,
+        "bench": bench,
+        "summary": summary,
+    }
+
+
+def tables(rep: dict) -> list[Table]:
+    out: list[Table] = []
+    t = rep["teacher"]
+    rows = [["teacher (PyTorch)", _f(t["params"]), "–", _f(t["test"]["rmse"]), _f(t["test"]["mae"]), "–"]]
+    for name, m in rep["students"].items():
+        rows.append([
+            f"student `{name}`" + (" (deployed)" if m.get("deployed") else ""),
+            _f(rep["sizes"]["student_params"]),
+            "label",
+            _f(m["test_label_head"]["rmse"]),
+            _f(m["test_label_head"]["mae"]),
+            _f(m["test_teacher_head"]["rmse"]),
+        ])
+    out.append(("Accuracy on the clean test set (PyTorch)",
+                ["model", "params", "head", "RMSE", "MAE", "teacher-head RMSE"], rows))
+    rows = []
+    for r in rep["export"].get("formats", []):
+        rows.append([r["model"], r["format"], r.get("file", "–"), _f(r.get("size_bytes")), r["status"],
+                     _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get("rmse")), _f(r.get("mae")),
+                     r.get("error", "")])
+    out.append(("Exported files: each run in its runtime and compared with PyTorch",
+                ["model", "format", "file", "bytes", "status", "max abs diff vs torch", "RMSE", "MAE", "note"], rows))
+    for target, b in rep["bench"].items():
+        teacher_p50 = next((r["latency_ms"]["p50"] for r in b["results"]
+                            if r["model"] == "teacher" and r["format"] == "onnx_fp32"), None)
+        rows = []
+        for r in b["results"]:
+            lat = r["latency_ms"]
+            rows.append([r["model"], r["format"], r["runtime"], _f(r["size_bytes"]), _f(r["rmse"]), _f(r["mae"]),
+                         _f(lat["p50"], 4), _f(lat["p90"], 4), _f(lat["p99"], 4), _f(lat["mean"], 4),
+                         _f(teacher_p50 / lat["p50"], 3) + "x" if teacher_p50 else "–"])
+        first = b["results"][0] if b["results"] else {}
+        plat = first.get("platform", {})
+        title = (f"Latency on `{target}`{' (EMULATED: not device latency)' if b.get('emulated') else ''}: "
+                 f"{plat.get('machine', '?')}, {plat.get('cpu', '?')}, batch {first.get('batch')}, "
+                 f"{first.get('threads')} thread(s), {first.get('runs')} timed runs after {first.get('warmup')} warm-up")
+        out.append((title, ["model", "format", "runtime", "bytes", "RMSE", "MAE", "p50 ms", "p90 ms", "p99 ms",
+                            "mean ms", "speed-up vs teacher"], rows))
+    return out
+
+
+def to_markdown(rep: dict, tabs: list[Table], plots: list[str]) -> str:
+    lines = [
+        "# pocketkd report",
+        "",
+        f"pocketkd {rep['pocketkd_version']} · config hash `{rep['config_hash'][:12]}` · "
+        + ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "pocketkd"),
+        "",
+        f"Data: {rep['data'].get('function', '')}; sizes {rep['data'].get('sizes')}; "
+        f"outlier labels {rep['data'].get('outliers')}.",
+        "",
+    ]
+    for title, header, rows in tabs:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def to_html(rep: dict, tabs: list[Table], plots: list[str]) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>pocketkd report</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
+        "img{max-width:100%;border:1px solid #eee}</style></head><body>",
+        "<h1>pocketkd report</h1>",
+        f"<p>pocketkd {e(rep['pocketkd_version'])} · config hash <code>{e(rep['config_hash'][:12])}</code> · "
+        + e(", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "pocketkd")) + "</p>",
+        f"<p>Data: {e(str(rep['data'].get('function', '')))}</p>",
+    ]
+    for title, header, rows in tabs:
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c.replace('`', ''))}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    for p in plots:
+        parts.append(f"<h2>{e(Path(p).stem)}</h2><img src='{e(p)}' alt='{e(Path(p).stem)}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _savefig(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.stages import load_model
+    from pipeline.train import predict
+
+    plots_dir = run_dir / "plots"
+    made = []
+    splits = Splits.load(run_dir / "data.npz")
+    with np.load(run_dir / "teacher_preds.npz") as z:
+        teacher_test = z["test"]
+    student = load_model(run_dir / "student.pt", cfg)
+    order = np.argsort(splits.x_raw["test"][:, 0])
+    xs = splits.x_raw["test"][order, 0]
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    xt, yt, out = splits.x_raw["train"][:, 0], splits.y["train"][:, 0], splits.outlier["train"]
+    ax.scatter(xt[~out], yt[~out], s=4, c="0.6", label="noisy labels (train)")
+    ax.scatter(xt[out], yt[out], s=6, c="tab:red", alpha=0.5, label="outlier labels (train)")
+    ax.plot(xs, splits.y_clean["test"][order, 0], "k-", lw=2, label="truth")
+    ax.plot(xs, teacher_test[order, 0], "-", c="tab:blue", lw=1.5, label="teacher")
+    ax.plot(xs, predict(student, splits.x["test"])[order, 0], "-", c="tab:green", lw=1.5,
+            label=f"student ({cfg.distill.method}, deployed)")
+    lim = 2.5 * max(1e-6, float(np.abs(splits.y_clean["test"]).max()))
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title("Truth, noisy labels, teacher and deployed student")
+    ax.legend(loc="upper right", fontsize=8)
+    _savefig(fig, plots_dir / "fit.png")
+    plt.close(fig)
+    made.append("plots/fit.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    teacher = _read(run_dir, "teacher.json")
+    axes[0].plot(teacher["history"]["train_loss"], label="train")
+    axes[0].plot(teacher["history"]["val_loss"], label="val")
+    axes[0].set_title(f"teacher ({cfg.teacher.loss} on noisy labels)")
+    for name, m in _read(run_dir, "distill.json").get("methods", {}).items():
+        axes[1].plot(m["history"]["val_loss"], label=name)
+    axes[1].set_title("students: validation loss of each method's objective")
+    for a in axes:
+        a.set_yscale("log")
+        a.set_xlabel("epoch")
+        a.legend(fontsize=8)
+    _savefig(fig, plots_dir / "learning_curves.png")
+    plt.close(fig)
+    made.append("plots/learning_curves.png")
+
+    if rep["bench"]:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        labels, p50, lo, hi = [], [], [], []
+        for target, b in rep["bench"].items():
+            for r in b["results"]:
+                lat = r["latency_ms"]
+                labels.append(f"{target}\n{r['file']}")
+                p50.append(lat["p50"])
+                lo.append(lat["p50"] - lat["min"])
+                hi.append(lat["p99"] - lat["p50"])
+        ax.bar(range(len(p50)), p50, yerr=[lo, hi], capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(p50)), labels, fontsize=7, rotation=30, ha="right")
+        ax.set_ylabel("ms per batch (bar: p50, whisker: min..p99)")
+        ax.set_title("Latency per exported file")
+        _savefig(fig, plots_dir / "latency.png")
+        plt.close(fig)
+        made.append("plots/latency.png")
+    return made
+
+
+def write_report(run_dir: Path, cfg: Config) -> list[str]:
+    rep = collect(run_dir, cfg)
+    plots = make_plots(run_dir, cfg, rep)
+    tabs = tables(rep)
+    atomic_write_json(run_dir / "report.json", rep)
+    atomic_write_text(run_dir / "report.md", to_markdown(rep, tabs, plots))
+    atomic_write_text(run_dir / "report.html", to_html(rep, tabs, plots))
+    return ["report.json", "report.md", "report.html", *plots]
+
+
+def short_table(run_dir: Path) -> str:
+    """The few lines the CLI prints at the end of a run."""
+    rep = json.loads((run_dir / "report.json").read_text())
+    lines = []
+    t = rep["teacher"]
+    lines.append(f"{'model':<34}{'RMSE':>9}{'p50 ms':>10}{'bytes':>10}")
+    bench = next(iter(rep["bench"].values()), {"results": []})
+    by = {(r["model"], r["format"]): r for r in bench["results"]}
+    tb = by.get(("teacher", "onnx_fp32"))
+    lines.append(f"{'teacher (onnx fp32)':<34}{t['test']['rmse']:>9.4f}"
+                 f"{(tb['latency_ms']['p50'] if tb else float('nan')):>10.4f}{(tb['size_bytes'] if tb else 0):>10}")
+    for name, m in rep["students"].items():
+        if not m.get("deployed"):
+            lines.append(f"{'student ' + name + ' (torch)':<34}{m['test_label_head']['rmse']:>9.4f}{'':>10}{'':>10}")
+    for r in bench["results"]:
+        if r["model"] == "student":
+            lines.append(f"{'student ' + rep['config']['distill']['method'] + ' ' + r['format']:<34}"
+                         f"{r['rmse']:>9.4f}{r['latency_ms']['p50']:>10.4f}{r['size_bytes']:>10}")
+    return "\n".join(lines)

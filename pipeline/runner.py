@@ -1,0 +1,187 @@
+"""The stage runner: order, content-hash caching, resume, and the manifest.
+
+A stage is a function ``fn(ctx) -> list of files it wrote`` plus what it reads: named files
+of the run directory and named sections of the config. Its cache key is the hash of its name
+and code version, its config slice, and the *content* (sha256) of every file it reads, so two
+different inputs can never share a cache entry. A stage is skipped when the manifest holds
+the same key and every file it wrote is still there with the recorded sha256.
+
+The manifest is rewritten (atomically) after every stage: a run killed half-way resumes
+at the first unfinished stage. Files are written through ``pipeline.io.atomic_write``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+import pipeline
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.io import atomic_write_json, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Context:
+    run_dir: Path
+    cfg: Config
+    info: dict = field(default_factory=dict)  # what a stage wants to tell the CLI (summary rows)
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[Context], list[str]]
+    reads: tuple[str, ...]
+    config: tuple[str, ...]
+    version: str = "1"
+    help: str = ""
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" | "cached"
+    seconds: float
+    outputs: list[str]
+
+
+class Runner:
+    def __init__(self, stages: Iterable[Stage]):
+        self.stages = list(stages)
+        self.names = [s.name for s in self.stages]
+
+    # ------------------------------------------------------------------ manifest
+    @staticmethod
+    def load_manifest(run_dir: Path) -> dict:
+        path = run_dir / MANIFEST
+        if not path.exists():
+            return {"stages": {}, "files": {}}
+        try:
+            data = json.loads(path.read_text())
+            data.setdefault("stages", {})
+            data.setdefault("files", {})
+            return data
+        except (json.JSONDecodeError, OSError):
+            log.warning("%s is unreadable; every stage will run again", path)
+            return {"stages": {}, "files": {}}
+
+    def _save_manifest(self, run_dir: Path, manifest: dict, cfg: Config) -> None:
+        manifest["pocketkd_version"] = pipeline.__version__
+        manifest["config_hash"] = cfg.hash()
+        files = {}
+        for name in self.names:
+            entry = manifest["stages"].get(name)
+            if not entry:
+                continue
+            for rel, sha in entry["outputs"].items():
+                p = run_dir / rel
+                files[rel] = {"sha256": sha, "stage": name, "bytes": p.stat().st_size if p.exists() else None}
+        manifest["files"] = files
+        atomic_write_json(run_dir / MANIFEST, manifest)
+
+    # ------------------------------------------------------------------ keys
+    def stage_key(self, stage: Stage, run_dir: Path, cfg: Config) -> str:
+        h = hashlib.sha256()
+        h.update(f"{stage.name}:{stage.version}:{pipeline.__version__}".encode())
+        h.update(cfg.section_hash(*stage.config).encode())
+        for rel in stage.reads:
+            if "*" in rel:  # a pattern: every matching file, in name order
+                for p in sorted(run_dir.glob(rel)):
+                    h.update(f"{p.relative_to(run_dir)}:{sha256_file(p)}".encode())
+                continue
+            p = run_dir / rel
+            if not p.exists():
+                raise UserError(
+                    f"stage '{stage.name}' needs {p}, which does not exist; run the earlier stages first "
+                    f"(drop --only, or use --from)"
+                )
+            h.update(f"{rel}:{sha256_file(p)}".encode())
+        return h.hexdigest()
+
+    @staticmethod
+    def _is_fresh(entry: dict | None, key: str, run_dir: Path) -> bool:
+        if not entry or entry.get("key") != key:
+            return False
+        for rel, sha in entry.get("outputs", {}).items():
+            p = run_dir / rel
+            if not p.exists() or sha256_file(p) != sha:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ run
+    def select(self, start: str | None = None, only: list[str] | None = None) -> tuple[list[Stage], set[str]]:
+        """The stages to consider, and those forced to run whatever the cache says."""
+        for name in [start, *(only or [])]:
+            if name is not None and name not in self.names:
+                raise UserError(f"unknown stage '{name}'; stages are: {', '.join(self.names)}")
+        if only:
+            chosen = [s for s in self.stages if s.name in only]
+            return chosen, {s.name for s in chosen}
+        if start:
+            i = self.names.index(start)
+            return self.stages, set(self.names[i:])
+        return self.stages, set()
+
+    def run(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        force: bool = False,
+        start: str | None = None,
+        only: list[str] | None = None,
+        on_stage: Callable[[StageResult], None] | None = None,
+    ) -> tuple[list[StageResult], Context]:
+        chosen, forced = self.select(start, only)
+        if force:
+            forced = {s.name for s in chosen}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        manifest = self.load_manifest(run_dir)
+        ctx = Context(run_dir=run_dir, cfg=cfg)
+        results = []
+        for stage in chosen:
+            key = self.stage_key(stage, run_dir, cfg)
+            entry = manifest["stages"].get(stage.name)
+            if stage.name not in forced and self._is_fresh(entry, key, run_dir):
+                res = StageResult(stage.name, "cached", 0.0, list(entry["outputs"]))
+                log.info("stage %-8s cached (same config and inputs); skipped", stage.name)
+            else:
+                # forget the old outputs first: a crash now must not leave them looking fresh
+                old = manifest["stages"].pop(stage.name, None)
+                self._save_manifest(run_dir, manifest, cfg)
+                for rel in (old or {}).get("outputs", {}):
+                    (run_dir / rel).unlink(missing_ok=True)
+                log.info("stage %-8s running", stage.name)
+                t0 = time.perf_counter()
+                outputs = stage.fn(ctx)
+                seconds = time.perf_counter() - t0
+                manifest["stages"][stage.name] = {
+                    "key": key,
+                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": round(seconds, 3),
+                    "outputs": {rel: sha256_file(run_dir / rel) for rel in outputs},
+                }
+                self._save_manifest(run_dir, manifest, cfg)
+                res = StageResult(stage.name, "ran", seconds, list(outputs))
+                log.info("stage %-8s done in %.1fs", stage.name, seconds)
+            results.append(res)
+            if on_stage:
+                on_stage(res)
+        return results, ctx
