@@ -101,9 +101,8 @@ def stage_data(ctx: Context) -> list[str]:
     return ["data.npz", "data.json"]
 
 
-def stage_teacher(ctx: Context) -> list[str]:
-    cfg = ctx.cfg
-    splits = Splits.load(ctx.path("data.npz"))
+def train_teacher(cfg: Config, splits: Splits):
+    """Train the teacher on the noisy labels; returns (model, history, predictions per split)."""
     d_in, d_out = _dims(splits)
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, d_in, d_out)
@@ -118,6 +117,39 @@ def stage_teacher(ctx: Context) -> list[str]:
         desc="teacher",
     )
     preds = {s: predict(teacher, splits.x[s]) for s in ("train", "val", "test")}
+    return teacher, hist, preds
+
+
+def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str):
+    """Train one two-head student with method ``name``; returns (model, history, method).
+
+    Every method starts from the same initial weights and sees the same batches."""
+    d_in, d_out = _dims(splits)
+    method = build_method(name, cfg.distill, splits.y["train"] - yt["train"])
+    seed_everything(cfg.seed + 100)
+    student = build_student(cfg, d_in, d_out)
+
+    def loss_fn(m, b):
+        label_out, teacher_out = m(b[0])
+        return method.loss(label_out, teacher_out, b[1], b[2])
+
+    hist = fit(
+        student,
+        loss_fn,
+        (splits.x["train"], splits.y["train"], yt["train"]),
+        (splits.x["val"], splits.y["val"], yt["val"]),
+        cfg.distill.train,
+        seed=cfg.seed + 2,
+        desc=f"student[{name}]",
+    )
+    return student, hist, method
+
+
+def stage_teacher(ctx: Context) -> list[str]:
+    cfg = ctx.cfg
+    splits = Splits.load(ctx.path("data.npz"))
+    teacher, hist, preds = train_teacher(cfg, splits)
+    d_in, d_out = _dims(splits)
     save_model(ctx.path("teacher.pt"), teacher, "teacher", d_in, d_out)
     atomic_write(ctx.path("teacher_preds.npz"), lambda f: np.savez(f, **preds))
     atomic_write_json(
@@ -139,27 +171,10 @@ def stage_distill(ctx: Context) -> list[str]:
     with np.load(ctx.path("teacher_preds.npz")) as z:
         yt = {s: z[s] for s in z.files}
     d_in, d_out = _dims(splits)
-    residuals = splits.y["train"] - yt["train"]
     methods = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
     results, written = {}, []
-    for i, name in enumerate(methods):
-        method = build_method(name, cfg.distill, residuals)
-        seed_everything(cfg.seed + 100)
-        student = build_student(cfg, d_in, d_out)  # every method starts from the same weights
-
-        def loss_fn(m, b, method=method):
-            label_out, teacher_out = m(b[0])
-            return method.loss(label_out, teacher_out, b[1], b[2])
-
-        hist = fit(
-            student,
-            loss_fn,
-            (splits.x["train"], splits.y["train"], yt["train"]),
-            (splits.x["val"], splits.y["val"], yt["val"]),
-            cfg.distill.train,
-            seed=cfg.seed + 2,
-            desc=f"student[{name}]",
-        )
+    for name in methods:
+        student, hist, method = train_student(cfg, splits, yt, name)
         label_pred, teacher_pred = predict(student, splits.x["test"])
         rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
         save_model(ctx.path(rel), student, "student", d_in, d_out)

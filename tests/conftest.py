@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A reduced run: same stages and code paths as the default, sized for a test suite.
+SMALL = {
+    "seed": 3,
+    "data": {"n_train": 400, "n_val": 100, "n_test": 200},
+    "teacher": {"hidden": [64, 64], "train": {"epochs": 40, "patience": 10, "lr": 0.003}},
+    "student": {"hidden": [8]},
+    "distill": {"train": {"epochs": 40, "patience": 10}},
+    "bench": {"warmup": 5, "runs": 30},
+}
+
+
+def run_cli(*args, cwd=None, timeout=900):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def small_config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    return path
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory, small_config_file):
+    """One real end-to-end run of the pipeline CLI on the reduced config, shared by many tests."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    proc = run_cli("run", "--config", small_config_file, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

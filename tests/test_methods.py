@@ -1,0 +1,103 @@
+"""Loss terms and methods on hand-computed cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.methods import METHODS, build_method, robust_scale, tor_loss, tor_threshold
+
+
+def _t(*v):
+    return torch.tensor(v, dtype=torch.float32).reshape(-1, 1)
+
+
+def test_reject_gives_an_outlier_no_gradient_from_its_label():
+    pred = _t(0.0, 0.0, 0.0).requires_grad_()
+    y = _t(1.0, 2.0, 10.0)
+    y_teacher = _t(1.0, 2.5, 0.0)  # residuals 0, 0.5, 10 -> with delta 1 only the last is an outlier
+    loss, outlier = tor_loss(pred, y, y_teacher, delta=1.0, mode="reject")
+    assert outlier.tolist() == [False, False, True]
+    # mean over the two inliers: ((0-1)^2 + (0-2)^2) / 2
+    assert loss.item() == pytest.approx(2.5)
+    loss.backward()
+    g = pred.grad.ravel().tolist()
+    assert g[2] == 0.0
+    assert g[0] == pytest.approx(2 * (0 - 1) / 2) and g[1] == pytest.approx(2 * (0 - 2) / 2)
+
+
+def test_substitute_uses_the_teacher_value_as_target():
+    pred = _t(0.0, 0.0).requires_grad_()
+    y = _t(1.0, 10.0)
+    y_teacher = _t(1.5, 3.0)  # residuals 0.5 and 7 -> second is an outlier, its target becomes 3.0
+    loss, outlier = tor_loss(pred, y, y_teacher, delta=1.0, mode="substitute")
+    assert outlier.tolist() == [False, True]
+    assert loss.item() == pytest.approx(((0 - 1) ** 2 + (0 - 3) ** 2) / 2)
+    loss.backward()
+    assert pred.grad.ravel()[1].item() == pytest.approx(2 * (0 - 3.0) / 2)
+
+
+def test_all_rejected_batch_gives_zero_loss_not_nan():
+    pred = _t(0.0).requires_grad_()
+    loss, _ = tor_loss(pred, _t(9.0), _t(0.0), delta=1.0, mode="reject")
+    assert loss.item() == 0.0
+    loss.backward()
+    assert pred.grad.item() == 0.0
+
+
+def test_mad_threshold_is_k_times_robust_scale():
+    r = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 100.0])  # median 0.5, |r - 0.5| median = 1.5
+    assert robust_scale(r) == pytest.approx(1.4826 * 1.5)
+    cfg = load_config(None, ["distill.tor.delta_rule=mad", "distill.tor.k=2.5"]).distill.tor
+    assert tor_threshold(cfg, r) == pytest.approx(2.5 * 1.4826 * 1.5)
+    cfg = load_config(None, ["distill.tor.delta_rule=absolute", "distill.tor.delta=0.7"]).distill.tor
+    assert tor_threshold(cfg, r) == 0.7
+
+
+def test_robust_scale_recovers_gaussian_sigma_despite_outliers():
+    rng = np.random.default_rng(0)
+    r = np.concatenate([rng.normal(0, 0.3, 8000), rng.uniform(-5, 5, 2000)])
+    # 20 % wide outliers inflate the MAD scale a little (~30 %) but the plain std by ~5x
+    assert 0.3 <= robust_scale(r) < 0.45
+    assert r.std() > 1.2
+
+
+def test_kd_is_the_alpha_weighted_sum():
+    cfg = load_config(None, ["distill.kd.alpha=0.25"]).distill
+    m = build_method("kd", cfg, None)
+    s, y, yt = _t(1.0, 2.0), _t(0.0, 0.0), _t(2.0, 2.0)
+    expected = 0.25 * (1 + 4) / 2 + 0.75 * (1 + 0) / 2
+    assert m.loss(s, s * 0, y, yt).item() == pytest.approx(expected)
+
+
+def test_tor_mt_sums_label_tor_and_teacher_head_mse_with_weights():
+    cfg = load_config(None, ["distill.tor.delta_rule=absolute", "distill.tor.delta=1.0",
+                             "distill.tor_mt.label_weight=2", "distill.tor_mt.teacher_weight=0.5"]).distill
+    m = build_method("tor_mt", cfg, None)
+    label_out = _t(0.0, 0.0).requires_grad_()
+    teacher_out = _t(1.0, 1.0).requires_grad_()
+    y, yt = _t(1.0, 50.0), _t(1.0, 3.0)  # second label is an outlier
+    loss = m.loss(label_out, teacher_out, y, yt)
+    expected = 2 * ((0 - 1) ** 2) / 1 + 0.5 * ((1 - 1) ** 2 + (1 - 3) ** 2) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert label_out.grad.ravel()[1].item() == 0.0  # rejected
+    assert teacher_out.grad.ravel()[1].item() == pytest.approx(0.5 * 2 * (1 - 3) / 2)
+
+
+def test_scratch_ignores_the_teacher_and_registry_has_the_issue_methods():
+    assert {"scratch", "kd", "tor", "tor_mt"} <= set(METHODS)
+    m = build_method("scratch", load_config().distill, None)
+    a = m.loss(_t(1.0), _t(0.0), _t(0.0), _t(5.0)).item()
+    b = m.loss(_t(1.0), _t(0.0), _t(0.0), _t(-5.0)).item()
+    assert a == b == pytest.approx(1.0)
+
+
+def test_tor_method_reports_its_threshold_and_share():
+    cfg = load_config().distill
+    rng = np.random.default_rng(1)
+    r = np.concatenate([rng.normal(0, 0.1, 900), np.full(100, 4.0)]).reshape(-1, 1)
+    m = build_method("tor", cfg, r)
+    d = m.describe()
+    assert d["delta"] == pytest.approx(3.0 * robust_scale(r), rel=1e-9)
+    assert 0.09 < d["train_outlier_share"] < 0.12

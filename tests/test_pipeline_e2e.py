@@ -1,0 +1,121 @@
+"""End to end: the real CLI on a reduced config, through every stage, then what it produced."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline.io import sha256_file
+from tests.conftest import run_cli
+
+STUDENT_FILES = ["student.onnx", "student.int8.onnx", "student_fp32.tflite", "student_fp16.tflite"]
+
+
+def test_run_produces_every_artifact(e2e_run):
+    out, proc = e2e_run
+    for name in ["config.yaml", "manifest.json", "data.npz", "teacher.pt", "student_mt.pt", "student.pt",
+                 "teacher.onnx", *STUDENT_FILES, "export.json", "bench/host.json", "report.json", "report.md",
+                 "report.html", "plots/fit.png", "plots/learning_curves.png", "plots/latency.png",
+                 "baselines/scratch.pt", "baselines/kd.pt"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "report:" in proc.stdout and "student tor_mt onnx_int8" in proc.stdout
+
+
+def test_manifest_hashes_match_files(e2e_run):
+    out, _ = e2e_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"data", "teacher", "distill", "student", "export", "bench", "report"}
+    for rel, info in manifest["files"].items():
+        assert sha256_file(out / rel) == info["sha256"], rel
+
+
+def test_every_export_was_checked_against_pytorch(e2e_run):
+    out, _ = e2e_run
+    rows = json.loads((out / "export.json").read_text())["formats"]
+    by = {(r["model"], r["format"]): r for r in rows}
+    assert set(by) >= {("student", f) for f in ("onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_fp16")}
+    for (model, fmt), r in by.items():
+        assert r["status"] == "ok", r
+        assert r["n_outputs"] == 1
+        if fmt.endswith("fp32"):
+            assert r["max_abs_diff_vs_torch"] <= 1e-4
+    # int8 error is measured and reported, and is not zero (it really is quantized)
+    assert 0 < by[("student", "onnx_int8")]["max_abs_diff_vs_torch"] < 0.5
+
+
+def test_exported_student_has_one_output_named_and_dynamic_batch(e2e_run):
+    out, _ = e2e_run
+    for name in ("student.onnx", "student.int8.onnx"):
+        m = onnx.load(str(out / name))
+        assert [o.name for o in m.graph.output] == ["output"]
+        assert [i.name for i in m.graph.input] == ["input"]
+        assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+        assert any(op.version >= 17 for op in m.opset_import if op.domain in ("", "ai.onnx"))
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert meta["producer"] == "pocketkd" and meta["kept_head"] == "label"
+    ops = {n.op_type for n in onnx.load(str(out / "student.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_bench_accuracy_comes_from_each_runtime(e2e_run):
+    out, _ = e2e_run
+    bench = json.loads((out / "bench/host.json").read_text())
+    exported = {r["file"]: r for r in json.loads((out / "export.json").read_text())["formats"]}
+    assert {r["file"] for r in bench["results"]} == set(exported)
+    for r in bench["results"]:
+        lat = r["latency_ms"]
+        assert lat["n"] == 30 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["batch"] == 1 and r["threads"] == 1
+        # RMSE from the runtime's own outputs equals what the export check measured in-process
+        assert r["rmse"] == pytest.approx(exported[r["file"]]["rmse"], rel=1e-5)
+
+
+def test_report_json_has_versions_hash_metrics_parity_latency(e2e_run):
+    out, _ = e2e_run
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["versions"]["torch"].startswith("2.13")
+    assert len(rep["config_hash"]) == 64
+    assert set(rep["students"]) == {"tor_mt", "scratch", "kd"}
+    assert rep["students"]["tor_mt"]["deployed"] is True
+    assert "host" in rep["bench"] and "host" in rep["summary"]
+    md = (out / "report.md").read_text()
+    assert "| student | onnx_int8 |" in md and "![fit](plots/fit.png)" in md
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "plots/latency.png" in html
+
+
+def test_second_run_skips_every_stage_and_says_so(e2e_run, small_config_file):
+    out, _ = e2e_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    proc = run_cli("run", "--config", small_config_file, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("cached (same config and inputs)") == 7
+    after = {p: p.stat().st_mtime_ns for p in before}
+    changed = [p.name for p in before if before[p] != after[p]]
+    assert changed == ["manifest.json"] or changed == [], changed
+
+
+def test_same_seed_gives_the_same_run(e2e_run, small_config_file, tmp_path):
+    out, _ = e2e_run
+    other = tmp_path / "again"
+    proc = run_cli("run", "--config", small_config_file, "--out", other, "--only", "data", "--only", "teacher",
+                   "--only", "distill", "--only", "student")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("data.npz", "teacher_preds.npz"):
+        a, b = np.load(out / name), np.load(other / name)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    d1 = json.loads((out / "distill.json").read_text())["methods"]
+    d2 = json.loads((other / "distill.json").read_text())["methods"]
+    for m in d1:
+        assert d1[m]["test_label_head"] == d2[m]["test_label_head"]
+
+
+def test_report_command_rebuilds_and_bad_run_dir_is_a_clear_error(e2e_run, tmp_path):
+    out, _ = e2e_run
+    proc = run_cli("report", "--run", out)
+    assert proc.returncode == 0 and "report:" in proc.stdout
+    proc = run_cli("report", "--run", tmp_path)
+    assert proc.returncode == 2 and "not a pocketkd run directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
