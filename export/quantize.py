@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class ArrayCalibrationReader:
-    """Feeds rows of ``x`` one batch at a time to ORT's calibrator."""
+    """Feeds rows of ``x`` to ORT's calibrator in batches of one size (the histogram calibrators,
+    percentile and entropy, cannot stack a short last batch, so a remainder is dropped)."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 32):
         self.input_name = input_name
-        self.batches = [x[i : i + batch].astype(np.float32) for i in range(0, len(x), batch)]
+        batch = max(1, min(batch, len(x)))
+        usable = len(x) - len(x) % batch
+        self.batches = [x[i : i + batch].astype(np.float32) for i in range(0, usable, batch)]
         self._it = iter(self.batches)
 
     def get_next(self):

@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: train a teacher and students in memory, summarise over seeds,
+and write a section of docs/BENCHMARKS.md between markers (so each benchmark owns its section)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import Config  # noqa: E402
+from pipeline.data import Splits, make_dataset  # noqa: E402
+from pipeline.metrics import rmse  # noqa: E402
+from pipeline.stages import train_student, train_teacher  # noqa: E402
+from pipeline.train import predict  # noqa: E402
+
+BENCH_MD = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    import os
+
+    from device_bench.runner import cpu_model
+
+    return f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def teacher_and_targets(cfg: Config) -> tuple[Splits, dict[str, np.ndarray], float]:
+    splits = make_dataset(cfg.data, cfg.seed)
+    _, _, preds = train_teacher(cfg, splits)
+    return splits, preds, rmse(preds["test"], splits.y_clean["test"])
+
+
+def student_rmse(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], method: str, int8: bool = False):
+    """Test RMSE of the label head (the deployed head); with ``int8``, also the int8 ONNX RMSE."""
+    student, _, m = train_student(cfg, splits, yt, method)
+    label_pred, _ = predict(student, splits.x["test"])
+    out = {"rmse": rmse(label_pred, splits.y_clean["test"]), **{k: v for k, v in m.describe().items()
+                                                               if k in ("delta", "train_outlier_share")}}
+    if int8:
+        out["int8_rmse"] = int8_rmse(cfg, student, splits)
+    return out
+
+
+def int8_rmse(cfg: Config, two_head, splits: Splits) -> float:
+    from device_bench.runner import load_model, predict_all
+    from export.onnx_export import export_onnx
+    from export.quantize import quantize_int8_static
+    from models import drop_teacher_head
+
+    deployed = drop_teacher_head(two_head, cfg.student.keep_head)
+    q = cfg.export.int8
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(deployed, Path(tmp) / "s.onnx", splits.x["train"].shape[1], cfg.export.opset)
+        int8 = quantize_int8_static(fp32, Path(tmp) / "s.int8.onnx", splits.x["train"][: q.calibration_samples],
+                                    "input", q.calibrate_method, q.per_channel)
+        out = predict_all(load_model(str(int8)), splits.x["test"])
+    return rmse(out, splits.y_clean["test"])
+
+
+def mean_std(values) -> str:
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.4f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.4f}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace the text between <!-- BEGIN name --> and <!-- END name --> in docs/BENCHMARKS.md."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    BENCH_MD.parent.mkdir(parents=True, exist_ok=True)
+    BENCH_MD.write_text(text)
+
+
+def save_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
