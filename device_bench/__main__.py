@@ -1,4 +1,8 @@
-"""python -m device_bench --model FILE --data NPZ --target TARGET [...]: bench one model file."""
+"""python -m device_bench --model FILE --data NPZ --target TARGET [...]: bench one model file.
+
+``python -m device_bench --prepare-qemu`` builds (or finds) the cached qemu-aarch64 sysroot and
+prints its path.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from device_bench.targets import TARGETS, parse_target
+from device_bench.targets import allowed_forms, parse_target
 from pipeline.errors import UserError
 from pipeline.io import atomic_write_json
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m device_bench", description=__doc__)
-    ap.add_argument("--model", required=True, help=".onnx, .ort or .tflite file")
+    ap.add_argument("--model", help=".onnx, .ort or .tflite file (required unless --prepare-qemu)")
     ap.add_argument("--data", help="NPZ with array 'x' of model-ready inputs (default: 256 random rows)")
-    ap.add_argument("--target", default="host", help=f"one of: {', '.join(sorted(TARGETS))}")
+    ap.add_argument("--target", default="host", help=f"one of: {allowed_forms()}")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", help="write the full result (with outputs) here")
+    ap.add_argument("--prepare-qemu", action="store_true",
+                    help="build (or find) the cached qemu-aarch64 sysroot, print its path and exit")
     args = ap.parse_args(argv)
+    if args.prepare_qemu:
+        return _prepare_qemu()
+    if not args.model:
+        ap.error("--model is required")
     try:
         model = Path(args.model)
         if not model.is_file():
@@ -52,10 +62,25 @@ def main(argv=None) -> int:
     if args.json:
         atomic_write_json(args.json, res)
     lat = res["latency_ms"]
-    summary = {k: res[k] for k in ("target", "model", "runtime", "runtime_version", "size_bytes")}
+    summary = {k: res[k] for k in ("target", "emulated", "model", "runtime", "runtime_version", "size_bytes")}
     summary["platform"] = res["platform"]
     summary["latency_ms"] = {k: round(lat[k], 4) for k in ("p50", "p90", "p99", "mean")}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _prepare_qemu() -> int:
+    import logging
+
+    from device_bench.qemu import ensure_sysroot
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        root = ensure_sysroot()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(root)
     return 0
 
 

@@ -91,6 +91,7 @@ class TFLiteModel:
         self.input_shape = [int(d) if d >= 0 else None for d in sig]
         self.n_outputs = len(self.interp.get_output_details())
         self._batch = int(self.inp["shape"][0])
+        self.converted_layout = None
 
     def _quant(self, x: np.ndarray) -> np.ndarray:
         dtype = self.inp["dtype"]
@@ -106,7 +107,16 @@ class TFLiteModel:
             return (y.astype(np.float32) - zp) * scale
         return y.astype(np.float32, copy=False)
 
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        """onnx2tf makes image models NHWC; inputs prepared for PyTorch/ONNX are NCHW: transpose."""
+        want = tuple(self.input_shape[1:])
+        if x.ndim == 4 and tuple(x.shape[1:]) != want and (x.shape[2], x.shape[3], x.shape[1]) == want:
+            self.converted_layout = "NCHW->NHWC"
+            return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return x
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self._layout(x)
         if x.shape[0] != self._batch:
             if self.input_shape[0] is not None:
                 raise ValueError(f"model has a fixed batch of {self._batch}; got {x.shape[0]} rows")
@@ -241,6 +251,7 @@ def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=
         "latencies_ms": ms,
         "peak_rss_mb": peak_rss_mb(),
         "n_outputs": model.n_outputs,
+        "input_layout_converted": getattr(model, "converted_layout", None),
         "outputs": outputs.tolist(),
     }
 

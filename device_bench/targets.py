@@ -1,6 +1,11 @@
 """Targets run ``runner.py`` with a model and inputs and return its JSON result.
 
-Registry ``TARGETS`` maps a scheme to a class; ``parse_target("host")`` builds one.
+Registry ``TARGETS`` maps a scheme to a class; ``parse_target(spec)`` builds one. Allowed forms:
+
+- ``host``: this machine, in a fresh Python process;
+- ``qemu-aarch64``: aarch64 Python and runtimes under qemu-user (``device_bench.qemu``);
+- ``ssh://[user@]host[:port][?key=PATH&python=PATH&known_hosts=PATH]``: a device over ssh
+  (``device_bench.ssh``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class TargetError(UserError):
 class Target:
     scheme: ClassVar[str] = ""
     emulated: ClassVar[bool] = False
+    forms: ClassVar[str] = ""  # how the target is written, for error messages and --help
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -46,6 +52,13 @@ class HostTarget(Target):
     """This machine, in a fresh Python process (the same interpreter), as a device would run it."""
 
     scheme = "host"
+    forms = "host"
+
+    def __init__(self, spec: str):
+        if spec != self.scheme:
+            raise TargetError(f"bad bench target {spec!r}: the host target is written exactly 'host'; "
+                              f"allowed: {allowed_forms()}")
+        super().__init__(spec)
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
         model = Path(model)
@@ -70,13 +83,28 @@ class HostTarget(Target):
 TARGETS: dict[str, type[Target]] = {"host": HostTarget}
 
 
+def allowed_forms() -> str:
+    return ", ".join(cls.forms or name for name, cls in TARGETS.items())
+
+
 def parse_target(spec: str) -> Target:
+    """The target for ``spec``; a ``TargetError`` naming the allowed forms when it is malformed."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TargetError(f"empty bench target; allowed: {allowed_forms()}")
+    spec = spec.strip()
     scheme = spec.split("://", 1)[0] if "://" in spec else spec
     cls = TARGETS.get(scheme)
     if cls is None:
-        raise TargetError(f"unknown bench target {spec!r}; allowed: {', '.join(sorted(TARGETS))}")
+        raise TargetError(f"unknown bench target {spec!r}; allowed: {allowed_forms()}")
     return cls(spec)
 
 
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
+
+
+# Registered last: these modules import Target and TargetError from here.
+from device_bench.qemu import QemuAarch64Target  # noqa: E402
+from device_bench.ssh import SshTarget  # noqa: E402
+
+TARGETS.update({QemuAarch64Target.scheme: QemuAarch64Target, SshTarget.scheme: SshTarget})

@@ -1,10 +1,12 @@
 """The format table and the export -> run -> validate loop.
 
-One row per format: its file name, the runtime that executes it, its precision, whether it
-must match PyTorch to ``parity_atol`` (fp32 files) or only has its error reported (fp16, int8),
-and the function that makes it. ``export_all`` makes each chosen row, runs the file in its
-runtime on the evaluation inputs and records a row of results; a strict row that fails (or
-that could not be written) raises ``ParityError`` after every row has been tried.
+One row per format: its file name, the runtime that executes it, its precision, whether it must
+match PyTorch to ``parity_atol`` (fp32 files) or has its error compared with a configurable limit
+(fp16, int8), and the function that makes it. ``export_all`` makes each chosen row, runs the
+file in its runtime on the evaluation inputs, runs the format's own checks (ORT's mobile
+usability checker for ONNX, builtin-ops-only for TFLite) and records one row of results. A strict
+row that fails, or that could not be written, raises ``ParityError`` after every row was tried;
+any other failure is a row marked ``failed`` / ``over_limit`` / ``export_failed``, never dropped.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import torch
 from torch import nn
 
 from device_bench.runner import load_model, predict_all
-from export.onnx_export import INPUT_NAME, export_onnx, graph_io
-from export.quantize import quantize_int8_static
-from export.tflite import onnx_to_tflite
+from export import ort_tools
+from export.onnx_export import INPUT_NAME, export_onnx, graph_io, to_fp16
+from export.quantize import quantize_int8_dynamic, quantize_int8_static
+from export.tflite import non_builtin_ops, onnx_to_tflite, tflite_ops
 from pipeline.config import ExportConfig
 from pipeline.errors import ParityError
 from pipeline.io import sha256_file
@@ -37,14 +40,17 @@ log = logging.getLogger(__name__)
 class ExportJob:
     model: nn.Module  # single-output PyTorch model, eval mode
     out_dir: Path
-    in_features: int
+    input_shape: tuple[int, ...]  # one input, without the batch axis (PyTorch layout)
     x_eval: np.ndarray  # model-ready evaluation inputs (clean test split)
     y_eval: np.ndarray  # clean test labels
     x_calib: np.ndarray  # calibration inputs (training split)
     cfg: ExportConfig
     stem: str = "student"
     metadata: dict[str, str] = field(default_factory=dict)
-    _tflite: dict[str, dict[str, Path]] = field(default_factory=dict)  # one onnx2tf run per stem
+    batch: int | None = None  # None: dynamic batch axis; an int: fixed (mobile bundle)
+    tflite_variants: tuple[str, ...] = ("fp32", "fp16")  # what one onnx2tf run should write
+    _tflite: dict[str, Path] | Exception | None = None
+    _ort: dict[str, Path] | None = None
 
     def file(self, fmt: Format) -> Path:
         return self.out_dir / fmt.file.format(stem=self.stem)
@@ -54,28 +60,63 @@ class ExportJob:
         with torch.no_grad():
             return self.model(torch.as_tensor(self.x_eval, dtype=torch.float32)).numpy()
 
+    @property
+    def calib(self) -> np.ndarray:
+        return self.x_calib[: self.cfg.int8.calibration_samples]
 
-def _make_onnx(job: ExportJob, fmt: Format) -> Path:
-    return export_onnx(job.model, job.file(fmt), job.in_features, job.cfg.opset, job.cfg.simplify, job.metadata)
 
-
-def _onnx_fp32(job: ExportJob) -> Path:
+def _base_onnx(job: ExportJob) -> Path:
     path = job.file(FORMATS["onnx_fp32"])
     if not path.exists():
         _make_onnx(job, FORMATS["onnx_fp32"])
     return path
 
 
+def _make_onnx(job: ExportJob, fmt: Format) -> Path:
+    return export_onnx(job.model, job.file(fmt), job.input_shape, job.cfg.opset, job.cfg.simplify, job.metadata,
+                       batch=job.batch)
+
+
+def _make_onnx_fp16(job: ExportJob, fmt: Format) -> Path:
+    return to_fp16(_base_onnx(job), job.file(fmt))
+
+
 def _make_onnx_int8(job: ExportJob, fmt: Format) -> Path:
     q = job.cfg.int8
-    calib = job.x_calib[: q.calibration_samples]
-    return quantize_int8_static(_onnx_fp32(job), job.file(fmt), calib, INPUT_NAME, q.calibrate_method, q.per_channel)
+    return quantize_int8_static(_base_onnx(job), job.file(fmt), job.calib, INPUT_NAME, q.calibrate_method,
+                                q.per_channel, batch=job.batch or 32)
+
+
+def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:
+    return quantize_int8_dynamic(_base_onnx(job), job.file(fmt), job.cfg.int8.per_channel)
+
+
+def _make_ort(job: ExportJob, fmt: Format) -> Path:
+    """Both .ort files come from one conversion, so required_operators.config covers both."""
+    if job._ort is None:
+        sources = [_base_onnx(job)]
+        int8 = job.file(FORMATS["onnx_int8"])
+        if not int8.exists():
+            _make_onnx_int8(job, FORMATS["onnx_int8"])
+        sources.append(int8)
+        job._ort = ort_tools.convert_to_ort(sources, job.out_dir)
+    src = FORMATS["onnx_fp32" if fmt.precision == "fp32" else "onnx_int8"].file.format(stem=job.stem)
+    return job._ort[src]
 
 
 def _make_tflite(job: ExportJob, fmt: Format) -> Path:
-    if job.stem not in job._tflite:
-        job._tflite[job.stem] = onnx_to_tflite(_onnx_fp32(job), job.out_dir, job.stem)
-    return job._tflite[job.stem][fmt.precision]
+    """One onnx2tf run writes every TFLite variant the job asks for; a failure is kept, not retried."""
+    if job._tflite is None:
+        calib = job.calib
+        if calib.ndim == 4:  # TFLite is NHWC: representative data in that layout
+            calib = calib.transpose(0, 2, 3, 1)
+        try:
+            job._tflite = onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib)
+        except Exception as exc:
+            job._tflite = exc
+    if isinstance(job._tflite, Exception):
+        raise job._tflite
+    return job._tflite[fmt.variant]
 
 
 @dataclass(frozen=True)
@@ -83,72 +124,131 @@ class Format:
     name: str
     file: str  # file name template; {stem} is "student" or "teacher"
     runtime: str
-    precision: str
+    precision: str  # fp32 | fp16 | int8
     strict: bool  # fp32: must match PyTorch within parity_atol
     make: Callable[[ExportJob, Format], Path]
     description: str = ""
+    variant: str = ""  # TFLite: which onnx2tf output
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.file.endswith(".onnx")
 
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in [
         Format("onnx_fp32", "{stem}.onnx", "onnxruntime", "fp32", True, _make_onnx,
-               "ONNX, dynamic batch, simplified with onnxsim"),
+               "ONNX (dynamo exporter, onnxsim)"),
+        Format("onnx_fp16", "{stem}.fp16.onnx", "onnxruntime", "fp16", False, _make_onnx_fp16,
+               "ONNX fp16 weights and compute, float32 I/O"),
         Format("onnx_int8", "{stem}.int8.onnx", "onnxruntime", "int8", False, _make_onnx_int8,
-               "ONNX Runtime static int8, QDQ, per-channel weights, calibrated on training inputs"),
+               "ORT static int8: QDQ, per-channel weights, calibrated on training inputs"),
+        Format("onnx_int8_dynamic", "{stem}.int8_dynamic.onnx", "onnxruntime", "int8", False,
+               _make_onnx_int8_dynamic, "ORT dynamic int8: int8 weights, activations quantized at run time"),
+        Format("ort_fp32", "{stem}.ort", "onnxruntime", "fp32", True, _make_ort,
+               "ORT format for ONNX Runtime Mobile (ARM), from onnx_fp32"),
+        Format("ort_int8", "{stem}.int8.ort", "onnxruntime", "int8", False, _make_ort,
+               "ORT format for ONNX Runtime Mobile (ARM), from onnx_int8"),
         Format("tflite_fp32", "{stem}_fp32.tflite", "litert", "fp32", True, _make_tflite,
-               "TFLite via onnx2tf, float32"),
+               "TFLite via onnx2tf, float32", "fp32"),
         Format("tflite_fp16", "{stem}_fp16.tflite", "litert", "fp16", False, _make_tflite,
-               "TFLite via onnx2tf, float16 weights"),
+               "TFLite via onnx2tf, float16 weights", "fp16"),
+        Format("tflite_dynamic_range", "{stem}_dynamic_range.tflite", "litert", "int8", False, _make_tflite,
+               "TFLite dynamic-range: int8 weights, float activations", "dynamic_range"),
+        Format("tflite_int8", "{stem}_int8.tflite", "litert", "int8", False, _make_tflite,
+               "TFLite full-integer int8 (representative training inputs), float32 I/O", "int8"),
+        Format("tflite_int8_io", "{stem}_int8_io.tflite", "litert", "int8", False, _make_tflite,
+               "TFLite full-integer int8 with int8 input and output", "int8_io"),
     ]
 }
 
 
+def _io_description(model) -> dict:
+    """Input/output name, shape, dtype, layout and quantization of a loaded runtime model."""
+    if hasattr(model, "interp"):  # TFLite
+        out = {}
+        for key, d in (("input", model.inp), ("output", model.out)):
+            scale, zp = d["quantization"]
+            out[key] = {"name": d["name"], "shape": [int(v) for v in d.get("shape_signature", d["shape"])],
+                        "dtype": np.dtype(d["dtype"]).name}
+            if scale:
+                out[key]["quantization"] = {"scale": float(scale), "zero_point": int(zp)}
+        out["input"]["layout"] = "NHWC" if len(out["input"]["shape"]) == 4 else "NC"
+        return out
+    sess = model.session
+    i, o = sess.get_inputs()[0], sess.get_outputs()[0]
+    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+    return {
+        "input": {"name": i.name, "shape": [d if isinstance(d, int) else -1 for d in i.shape],
+                  "dtype": dtype.get(i.type, i.type), "layout": "NCHW" if len(i.shape) == 4 else "NC"},
+        "output": {"name": o.name, "shape": [d if isinstance(d, int) else -1 for d in o.shape],
+                   "dtype": dtype.get(o.type, o.type)},
+    }
+
+
 def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
-    """Run ``path`` in its runtime on the evaluation inputs and compare with PyTorch."""
+    """Run ``path`` in its runtime on the evaluation inputs, compare with PyTorch, run format checks."""
     ref = job.torch_outputs
     model = load_model(str(path), threads=1)
     out = predict_all(model, job.x_eval.astype(np.float32))
     row = {
         "n_outputs": model.n_outputs,
+        "io": _io_description(model),
         "max_abs_diff_vs_torch": max_abs_diff(out, ref),
         **regression_metrics(out, job.y_eval),
     }
-    problems = []
+    problems, over = [], []
     if model.n_outputs != 1:
         problems.append(f"has {model.n_outputs} outputs, expected exactly 1")
-    if path.suffix == ".onnx":
-        ins, outs = graph_io(path)
-        row["onnx_io"] = {"inputs": ins, "outputs": outs}
-    if fmt.strict and row["max_abs_diff_vs_torch"] > job.cfg.parity_atol:
-        problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {job.cfg.parity_atol:g}")
-    row["status"] = "ok" if not problems else "failed"
-    if problems:
-        row["error"] = "; ".join(problems)
+    torch_rmse = regression_metrics(ref, job.y_eval)["rmse"]
+    row["rmse_ratio_vs_torch"] = row["rmse"] / torch_rmse if torch_rmse else None
+    if fmt.strict:
+        if row["max_abs_diff_vs_torch"] > job.cfg.parity_atol:
+            problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {job.cfg.parity_atol:g}")
+    else:
+        limit = job.cfg.limits.fp16_rmse_ratio if fmt.precision == "fp16" else job.cfg.limits.int8_rmse_ratio
+        row["rmse_ratio_limit"] = limit
+        if row["rmse_ratio_vs_torch"] is not None and row["rmse_ratio_vs_torch"] > limit:
+            over.append(f"RMSE {row['rmse_ratio_vs_torch']:.3f}x the PyTorch student's, limit {limit:g}x")
+    if fmt.is_onnx:
+        row["onnx_io"] = dict(zip(("inputs", "outputs"), graph_io(path)))
+        if job.cfg.check_mobile:
+            row["mobile_usability"] = ort_tools.mobile_usability(path)
+    if path.suffix == ".tflite":
+        ops = tflite_ops(path)
+        row["tflite_ops"] = ops
+        bad = non_builtin_ops(ops)
+        row["builtin_ops_only"] = not bad
+        if bad:
+            problems.append(f"uses non-builtin TFLite ops {bad}")
+    row["status"] = "failed" if problems else "over_limit" if over else "ok"
+    if problems or over:
+        row["error"] = "; ".join(problems + over)
     return row
 
 
 def export_all(job: ExportJob, names: list[str]) -> list[dict]:
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    job.tflite_variants = tuple(FORMATS[n].variant for n in names if FORMATS[n].variant)
     rows = []
-    torch_metrics = regression_metrics(job.torch_outputs, job.y_eval)
     for name in names:
         fmt = FORMATS[name]
         row = {"format": name, "model": job.stem, "runtime": fmt.runtime, "precision": fmt.precision,
-               "strict": fmt.strict}
+               "strict": fmt.strict, "batch": job.batch or "dynamic"}
         t0 = time.perf_counter()
         try:
             path = fmt.make(job, fmt)
             row.update(file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path),
-                       export_seconds=time.perf_counter() - t0)
+                       export_seconds=round(time.perf_counter() - t0, 3))
             row.update(check_file(job, fmt, path))
-            row["rmse_ratio_vs_torch"] = row["rmse"] / torch_metrics["rmse"] if torch_metrics["rmse"] else None
         except Exception as exc:  # a format that fails is a row, never a silent drop
             log.debug("export %s failed:\n%s", name, traceback.format_exc())
-            row.update(status="export_failed", error=f"{type(exc).__name__}: {exc}")
+            row.update(status="export_failed", error=f"{type(exc).__name__}: {str(exc)[:2000]}")
         log.info(
-            "export %-12s %-14s %s%s", job.stem, name, row["status"],
-            f" max|diff|={row['max_abs_diff_vs_torch']:.2e} rmse={row['rmse']:.4f}" if "rmse" in row else "",
+            "export %-8s %-20s %-12s%s%s", job.stem, name, row["status"],
+            f" max|diff|={row['max_abs_diff_vs_torch']:.2e} rmse={row['rmse']:.4g}" if "rmse" in row else "",
+            f"  ({row['error'].strip().splitlines()[-1][:200]})" if row.get("error") else "",
         )
         rows.append(row)
     bad = [r for r in rows if r["strict"] and r["status"] != "ok"]

@@ -1,4 +1,5 @@
-"""torch -> ONNX with the dynamo exporter (dynamic batch, named input/output), then onnxsim."""
+"""torch -> ONNX with the dynamo exporter (named input/output, dynamic or fixed batch), then onnxsim;
+and the ONNX-to-ONNX variants: fp16 and fixed-batch copies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import io
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 import torch
@@ -17,20 +19,26 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+BATCH_DIM = "batch"
 
 
 def export_onnx(
     model: nn.Module,
     path: Path,
-    in_features: int,
+    input_shape: int | Sequence[int],
     opset: int = 18,
     simplify: bool = True,
     metadata: dict[str, str] | None = None,
+    batch: int | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` with input ``input`` (batch, in_features) and output ``output``."""
+    """Write ``model`` to ``path``: input ``input`` (batch, *input_shape), output ``output``.
+
+    ``batch=None`` leaves the batch axis symbolic (``batch``); an int fixes it (mobile delegates
+    such as NNAPI only take fixed shapes)."""
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     model = model.eval()
-    example = (torch.zeros(2, in_features),)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    example = (torch.zeros(2, *shape),)
+    dim = torch.export.Dim(BATCH_DIM, min=1, max=1 << 20)
     # the exporter reports progress and "torchvision is not installed" through its own loggers
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     buf = io.StringIO()
@@ -42,11 +50,13 @@ def export_onnx(
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: dim},),
             dynamo=True,
             external_data=False,
         )
     proto = program.model_proto
+    if batch is not None:
+        proto = fix_batch(proto, batch)
     if simplify:
         import onnxsim
 
@@ -57,8 +67,30 @@ def export_onnx(
             log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
     set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto)
+    return save_proto(proto, path)
+
+
+def save_proto(proto: onnx.ModelProto, path: Path) -> Path:
     data = proto.SerializeToString()
     return atomic_write(path, lambda f: f.write(data))
+
+
+def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """Replace the symbolic batch axis by ``batch`` everywhere (ORT's make_dynamic_shape_fixed)."""
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    make_dim_param_fixed(proto.graph, BATCH_DIM, batch)
+    fix_output_shapes(proto)
+    return proto
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and compute, float32 input/output kept so apps feed the same tensors."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save_proto(proto, dst)
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -68,6 +100,11 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
             existing[key].value = str(value)
         else:
             proto.metadata_props.add(key=key, value=str(value))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def graph_io(path: Path) -> tuple[list[str], list[str]]:

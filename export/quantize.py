@@ -34,8 +34,10 @@ class ArrayCalibrationReader:
 
 
 def quantize_int8_static(
-    src: Path, dst: Path, calib_x: np.ndarray, input_name: str, method: str = "minmax", per_channel: bool = True
+    src: Path, dst: Path, calib_x: np.ndarray, input_name: str, method: str = "minmax", per_channel: bool = True,
+    batch: int = 32,
 ) -> Path:
+    """Static int8 (QDQ). ``batch`` is the calibration batch size: a fixed-batch model needs its own."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -55,11 +57,25 @@ def quantize_int8_static(
         quantize_static(
             str(pre),
             str(out),
-            Reader(input_name, calib_x),
+            Reader(input_name, calib_x, batch),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=methods[method],
         )
+        return atomic_copy(out, dst)
+
+
+def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> Path:
+    """int8 weights; activations quantized at run time (no calibration data needed)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="pocketkd-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / "int8_dynamic.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
         return atomic_copy(out, dst)

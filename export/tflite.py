@@ -1,4 +1,5 @@
-"""ONNX -> TFLite with onnx2tf (fp32 and fp16 files from one conversion).
+"""ONNX -> TFLite with onnx2tf: fp32, fp16, dynamic-range and full-integer int8 (float I/O and
+int8 I/O) from one conversion, plus the builtin-ops check.
 
 The conversion runs in a child process: TensorFlow is heavy to import, logs from C++ straight
 to the terminal, and keeps memory; a child keeps all of that out of the pipeline process, and
@@ -7,27 +8,62 @@ its output is shown only when it fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.io import atomic_copy
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "float32", "fp16": "float16"}
+# our precision name -> onnx2tf's file suffix
+VARIANTS = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "dynamic_range": "dynamic_range_quant",
+    "int8": "integer_quant",  # int8 compute, float32 input/output
+    "int8_io": "full_integer_quant",  # int8 compute and int8 input/output
+}
+QUANTIZED = {"dynamic_range", "int8", "int8_io"}
 
 
-def onnx_to_tflite(src: Path, out_dir: Path, stem: str = "student", timeout: float = 900) -> dict[str, Path]:
-    """Convert ``src``; returns {"fp32": path, "fp16": path} of files written into ``out_dir``."""
+def onnx_to_tflite(
+    src: Path,
+    out_dir: Path,
+    stem: str = "student",
+    variants: tuple[str, ...] = ("fp32", "fp16"),
+    calib_nhwc: np.ndarray | None = None,
+    timeout: float = 900,
+) -> dict[str, Path]:
+    """Convert ``src``; returns {variant: path} for the files written into ``out_dir`` as
+    ``{stem}_{variant}.tflite``. Full-integer variants need ``calib_nhwc``: representative
+    model-ready inputs in TFLite's layout (NHWC for images)."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown TFLite variants {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pocketkd-onnx2tf-") as tmp:
+        opts = {"dynamic_range": "dynamic_range" in variants, "integer": bool({"int8", "int8_io"} & set(variants))}
+        if opts["integer"]:
+            if calib_nhwc is None:
+                raise ValueError("int8 TFLite variants need representative data (calib_nhwc)")
+            np.save(Path(tmp) / "calib.npy", calib_nhwc.astype(np.float32))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+        # onnx2tf rewrites its input file in place (op names, simplification): give it a copy
+        work = Path(tmp) / "src"
+        work.mkdir()
+        copy = work / src.name
+        shutil.copy(src, copy)
         proc = subprocess.run(
-            [sys.executable, "-m", "export.tflite", str(src), tmp],
+            [sys.executable, "-m", "export.tflite", str(copy), tmp, json.dumps(opts)],
             capture_output=True, text=True, env=env, timeout=timeout,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
@@ -35,24 +71,65 @@ def onnx_to_tflite(src: Path, out_dir: Path, stem: str = "student", timeout: flo
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"onnx2tf failed on {src.name} (exit {proc.returncode}):\n{tail}")
         made = {}
-        for short, long in PRECISIONS.items():
-            found = Path(tmp) / f"{src.stem}_{long}.tflite"
+        for short in variants:
+            found = Path(tmp) / f"{src.stem}_{VARIANTS[short]}.tflite"
             if not found.exists():
                 raise RuntimeError(f"onnx2tf did not write {found.name}; wrote: {sorted(os.listdir(tmp))}")
             made[short] = atomic_copy(found, out_dir / f"{stem}_{short}.tflite")
     return made
 
 
-def _convert(src: str, out_dir: str) -> None:
+def tflite_ops(path: Path) -> list[str]:
+    """The operators of a .tflite file as the interpreter resolves them (no delegates applied)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:  # older environments
+        from tensorflow.lite.python.interpreter import Interpreter, OpResolverType
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return sorted({d["op_name"] for d in interp._get_ops_details()})
+
+
+def non_builtin_ops(ops: list[str]) -> list[str]:
+    """Select-TF (Flex) and custom ops: an app would need extra runtime libraries for these."""
+    return [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE") or not op.isupper()]
+
+
+def embed_metadata(path: Path, metadata: dict) -> None:
+    """Append ``metadata.json`` as a zip member, as the TFLite metadata convention does: the
+    interpreter ignores trailing bytes, and ``zipfile`` (or ``unzip``) reads it back."""
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("metadata.json", json.dumps(metadata, indent=1))
+
+
+def read_embedded_metadata(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("metadata.json"))
+
+
+def _convert(src: str, out_dir: str, opts: dict) -> None:
     import onnx2tf
 
+    kwargs = {}
+    if opts.get("integer"):
+        calib = np.load(Path(out_dir) / "calib.npy")
+        channels = calib.shape[-1]
+        mean = np.zeros([1] * (calib.ndim - 1) + [channels], dtype=np.float32)
+        kwargs = dict(
+            output_integer_quantized_tflite=True,
+            custom_input_op_name_np_data_path=[["input", str(Path(out_dir) / "calib.npy"), mean, mean + 1]],
+            input_quant_dtype="int8",
+            output_quant_dtype="int8",
+        )
     onnx2tf.convert(
         input_onnx_file_path=src,
         output_folder_path=out_dir,
         copy_onnx_input_output_names_to_tflite=True,
+        output_dynamic_range_quantized_tflite=bool(opts.get("dynamic_range")),
         non_verbose=True,
+        **kwargs,
     )
 
 
 if __name__ == "__main__":
-    _convert(sys.argv[1], sys.argv[2])
+    _convert(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))

@@ -1,8 +1,9 @@
-"""MLP backbones. A backbone maps (N, in_features) to (N, out_features) features."""
+"""MLP backbone. A backbone maps (N, *input_shape) to (N, out_features) features."""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,28 +17,20 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 class MLP(nn.Module):
-    """Linear -> activation blocks; ``out_features`` is the last hidden width."""
+    """Flatten, then Linear -> activation blocks; ``out_features`` is the last hidden width."""
 
-    def __init__(self, in_features: int, hidden: list[int], activation: str = "relu"):
+    def __init__(self, input_shape: Sequence[int], hidden: list[int], activation: str = "relu", **_):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
+        width = math.prod(input_shape)
+        layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
         for h in hidden:
             layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         self.net = nn.Sequential(*layers)
-        self.in_features = in_features
         self.out_features = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
-
-
-def build_backbone(kind: str, in_features: int, hidden: list[int], activation: str = "relu") -> nn.Module:
-    return BACKBONES[kind](in_features, hidden, activation)
 
 
 class Regressor(nn.Module):

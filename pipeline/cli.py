@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the report of an existing run directory")
     rep.add_argument("--run", required=True, help="run directory")
 
+    exp = sub.add_parser("export", help="export an already-trained student (no retraining)")
+    exp.add_argument("--run", required=True, help="run directory holding student.pt, teacher.pt, data.npz")
+    exp.add_argument("--formats", nargs="+", metavar="FORMAT", help="formats to write (default: the run's config)")
+    exp.add_argument("--out", help="output directory (default: the run directory)")
+    exp.add_argument("--no-android", action="store_true", help="skip the Android bundle")
+
     cfg = sub.add_parser("config", help="print the resolved config (or the key reference)")
     _add_config_args(cfg)
     cfg.add_argument("--reference", action="store_true", help="print the Markdown reference of every key")
@@ -61,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline.config import load_config
     from pipeline.report import short_table
-    from pipeline.stages import check_model_sizes, default_runner
+    from pipeline.stages import check_model_sizes, default_runner, resolve_targets
 
     cfg = load_config(args.config, args.overrides)  # validated before anything is written
+    cfg, notes = resolve_targets(cfg)
+    for note in notes:
+        log.warning("%s", note)
     sizes = check_model_sizes(cfg)
     runner = default_runner()
     runner.select(args.start, args.only)  # unknown stage names fail before anything is written
@@ -97,6 +106,39 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from export import FORMATS
+    from pipeline.config import load_config
+    from pipeline.io import atomic_write_json
+    from pipeline.stages import export_student
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
+    for name in ("student.pt", "teacher.pt", "data.npz"):
+        if not (run_dir / name).exists():
+            raise UserError(f"{run_dir / name} is missing: run the pipeline up to the 'student' stage first")
+    formats = args.formats
+    for name in formats or []:
+        if name not in FORMATS:
+            raise UserError(f"unknown format {name!r}; allowed: {', '.join(FORMATS)}")
+    cfg = load_config(run_dir / "config.yaml")
+    out_dir = Path(args.out) if args.out else run_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = export_student(cfg, run_dir, out_dir, list(formats or cfg.export.formats),
+                            cfg.export.android.enabled and not args.no_android)
+    atomic_write_json(out_dir / "export.json", result)
+    print(f"{'model':<8} {'format':<22} {'file':<30} {'status':<14} {'max|diff|':>10} {'RMSE':>9}")
+    for r in result["formats"] + result.get("android", []):
+        where = "android/" if r in result.get("android", []) else ""
+        print(f"{r['model']:<8} {r['format']:<22} {where + r.get('file', '-'):<30} {r['status']:<14} "
+              f"{r.get('max_abs_diff_vs_torch', float('nan')):>10.2e} {r.get('rmse', float('nan')):>9.4f}")
+    print(f"\nexport: {out_dir / 'export.json'}" + (f"; bundle: {out_dir / 'android'}" if "android" in result else ""))
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -120,7 +162,8 @@ def cmd_stages(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages}
+    commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages,
+                "export": cmd_export}
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -46,7 +46,9 @@ class NoiseConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["sinusoid"] = Field("sinusoid", description="data set (registry: pipeline.data.DATASETS)")
+    name: Literal["sinusoid", "digits_rotation"] = Field(
+        "sinusoid", description="data set (registry: pipeline.data.DATASETS)"
+    )
     n_train: int = Field(2000, ge=16, description="training samples")
     n_val: int = Field(500, ge=8, description="validation samples (noisy labels, used for early stopping)")
     n_test: int = Field(1000, ge=8, description="test samples (always clean labels)")
@@ -55,6 +57,10 @@ class DataConfig(_Strict):
     amplitude: float = Field(1.0, gt=0, description="A in y = A*sin(f*x + phase)")
     frequency: float = Field(2.0, gt=0, description="f in y = A*sin(f*x + phase)")
     phase: float = Field(0.0, description="phase in y = A*sin(f*x + phase)")
+    image_size: int = Field(16, ge=8, le=64, description="digits_rotation: 8x8 digits are resized to this size")
+    max_angle: float = Field(
+        45.0, gt=0, le=180, description="digits_rotation: rotation angles (degrees) drawn from [-max_angle, max_angle]"
+    )
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
 
     @model_validator(mode="after")
@@ -73,20 +79,24 @@ class TrainConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    hidden: list[int] = Field([512, 512, 512], min_length=1, description="hidden layer widths of the MLP teacher")
+    backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family (registry: models.BACKBONES)")
+    hidden: list[int] = Field([512, 512, 512], min_length=1, description="widths of the fully connected layers")
+    channels: list[int] = Field([32, 64, 128], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     loss: Literal["mse", "l1", "huber"] = Field("mse", description="loss on the (noisy) labels")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _widths(self) -> TeacherConfig:
-        if any(w < 1 for w in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        if any(w < 1 for w in self.hidden + self.channels):
+            raise ValueError(f"hidden widths and channels must be >= 1, got {self.hidden} / {self.channels}")
         return self
 
 
 class StudentConfig(_Strict):
-    hidden: list[int] = Field([32, 32], min_length=1, description="hidden widths of the shared student backbone")
+    backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family of the shared student backbone")
+    hidden: list[int] = Field([32, 32], min_length=1, description="widths of the shared fully connected layers")
+    channels: list[int] = Field([8, 16], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     keep_head: Literal["label", "teacher"] = Field(
         "label", description="head kept by drop_teacher_head() for deployment"
@@ -97,8 +107,8 @@ class StudentConfig(_Strict):
 
     @model_validator(mode="after")
     def _widths(self) -> StudentConfig:
-        if any(w < 1 for w in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        if any(w < 1 for w in self.hidden + self.channels):
+            raise ValueError(f"hidden widths and channels must be >= 1, got {self.hidden} / {self.channels}")
         return self
 
 
@@ -114,7 +124,7 @@ class TORConfig(_Strict):
         "mad", description="outlier threshold: a fixed delta, or k x MAD-scale of the residuals y - y_teacher"
     )
     delta: float = Field(0.5, gt=0, description="threshold for delta_rule=absolute")
-    k: float = Field(3.0, gt=0, description="multiplier for delta_rule=mad (delta = k * 1.4826 * MAD)")
+    k: float = Field(2.0, gt=0, description="multiplier for delta_rule=mad (delta = k * 1.4826 * MAD)")
 
 
 class TORMTConfig(_Strict):
@@ -161,20 +171,68 @@ class Int8Config(_Strict):
     per_channel: bool = Field(True, description="per-channel weight scales")
 
 
+class LimitsConfig(_Strict):
+    fp16_rmse_ratio: float = Field(1.01, ge=1, description="fp16 files: RMSE at most this x the PyTorch student's")
+    int8_rmse_ratio: float = Field(1.05, ge=1, description="int8 files: RMSE at most this x the PyTorch student's")
+
+
+ALL_FORMATS = ["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
+               "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
+FormatName = Literal["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
+                     "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
+
+
+class AndroidConfig(_Strict):
+    enabled: bool = Field(True, description="write the Android bundle (android/) with fixed-shape files")
+    batch: int = Field(1, ge=1, description="fixed batch size of the bundle's files (NNAPI needs fixed shapes)")
+    formats: list[FormatName] = Field(
+        ["onnx_fp32", "onnx_int8", "ort_fp32", "ort_int8", "tflite_fp32", "tflite_fp16", "tflite_int8",
+         "tflite_int8_io"],
+        description="formats copied into the bundle, at the fixed batch size",
+    )
+
+
 class ExportConfig(_Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
     simplify: bool = Field(True, description="run onnxsim on the exported graph")
     parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch")
+    formats: list[FormatName] = Field(
+        ALL_FORMATS, min_length=1, description="formats written with a dynamic batch axis (server use) and benchmarked"
+    )
+    check_mobile: bool = Field(True, description="run ORT's mobile usability checker on every ONNX file")
     int8: Int8Config = Field(default_factory=Int8Config)
-    tflite: bool = Field(True, description="also convert to TFLite (fp32, fp16) with onnx2tf")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    android: AndroidConfig = Field(default_factory=AndroidConfig)
 
 
 class BenchConfig(_Strict):
-    targets: list[str] = Field(["host"], min_length=1, description="where to run the bench (device_bench targets)")
+    targets: list[str] = Field(
+        ["host", "qemu-aarch64"], min_length=1,
+        description="where to run the bench: host, qemu-aarch64, ssh://user@host[:port][?key=PATH&python=PATH]",
+    )
+    skip_unavailable: bool = Field(
+        True, description="drop qemu-aarch64 (with a hint) when qemu is not installed, instead of failing"
+    )
+    formats: list[str] = Field(
+        [], description="formats to bench (empty: every exported file that runs); the teacher's ONNX is always included"
+    )
+    parity_atol: float = Field(1e-5, gt=0, description="fp32 outputs on a target must match the host's this closely")
     threads: int = Field(1, ge=1, description="intra-op threads of the runtime")
     warmup: int = Field(50, ge=0, description="untimed runs before timing")
     runs: int = Field(300, ge=1, description="timed batch-1 runs")
     batch: int = Field(1, ge=1, description="batch size of the timed runs")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, specs: list[str]) -> list[str]:
+        from device_bench.targets import TargetError, parse_target
+
+        for spec in specs:
+            try:
+                parse_target(spec)  # a malformed target fails here, before any work
+            except TargetError as exc:
+                raise ValueError(str(exc)) from None
+        return specs
 
 
 class Config(_Strict):

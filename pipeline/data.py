@@ -95,17 +95,72 @@ def make_sinusoid(cfg: DataConfig, seed: int) -> Splits:
 
 
 def _normalised(x_raw, y, y_clean, outlier) -> Splits:
-    mean = x_raw["train"].mean(axis=0)
-    std = x_raw["train"].std(axis=0)
+    """Standardise with training statistics: per feature for vectors, per channel for (C, H, W) images."""
+    train = x_raw["train"]
+    axes = (0,) if train.ndim == 2 else (0, *range(2, train.ndim))
+    mean = train.mean(axis=axes)
+    std = train.std(axis=axes)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    x = {s: ((v - mean) / std).astype(np.float32) for s, v in x_raw.items()}
+    shape = (1, -1) + (1,) * (train.ndim - 2)
+    x = {s: ((v - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32) for s, v in x_raw.items()}
     return Splits(x=x, y=y, y_clean=y_clean, outlier=outlier, x_mean=mean.astype(np.float32), x_std=std, x_raw=x_raw)
+
+
+def make_digits_rotation(cfg: DataConfig, seed: int) -> Splits:
+    """Real images: scikit-learn's bundled 8x8 handwritten digits, resized to ``image_size``, each
+    sample rotated by an angle drawn from [-max_angle, max_angle]; the target is that angle in degrees.
+
+    The 1,797 digit images are split 60/15/25 % into train/val/test *by image* (a digit never appears
+    rotated in two splits); each split then draws ``n_*`` (image, angle) samples. Inputs are
+    (N, 1, image_size, image_size) float32 (NCHW), pixel values scaled to [0, 1] before standardising.
+    """
+    from scipy import ndimage
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32) / 16.0  # (1797, 8, 8), ships inside scikit-learn
+    zoom = cfg.image_size / 8.0
+    images = np.stack([ndimage.zoom(im, zoom, order=1) for im in images]).clip(0, 1)
+    rng_x = np.random.default_rng([seed, 0])
+    rng_noise = np.random.default_rng([seed, 1])
+    order = rng_x.permutation(len(images))
+    n_tr, n_va = int(0.6 * len(images)), int(0.15 * len(images))
+    pools = {"train": order[:n_tr], "val": order[n_tr : n_tr + n_va], "test": order[n_tr + n_va :]}
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    x_raw, y_clean = {}, {}
+    for s in SPLITS:
+        idx = rng_x.choice(pools[s], size=sizes[s], replace=True)
+        angles = rng_x.uniform(-cfg.max_angle, cfg.max_angle, size=sizes[s]).astype(np.float32)
+        rotated = [ndimage.rotate(images[i], a, reshape=False, order=1, mode="constant") for i, a in zip(idx, angles)]
+        x_raw[s] = np.stack(rotated)[:, None].astype(np.float32).clip(0, 1)
+        y_clean[s] = angles.reshape(-1, 1)
+    y, outlier = {}, {}
+    for s in ("train", "val"):
+        y[s], outlier[s] = inject_noise(y_clean[s], cfg.noise, rng_noise)
+    y["test"], outlier["test"] = y_clean["test"].copy(), np.zeros(cfg.n_test, dtype=bool)
+    return _normalised(x_raw, y, y_clean, outlier)
 
 
 DATASETS: dict[str, Callable[[DataConfig, int], Splits]] = {
     "sinusoid": make_sinusoid,
+    "digits_rotation": make_digits_rotation,
+}
+
+INPUT_SHAPES: dict[str, Callable[[DataConfig], tuple[int, ...]]] = {
+    "sinusoid": lambda cfg: (1,),
+    "digits_rotation": lambda cfg: (1, cfg.image_size, cfg.image_size),
+}
+
+# what one output means, for the report and the Android bundle's metadata
+OUTPUT_MEANING: dict[str, str] = {
+    "sinusoid": "y = A*sin(f*x + phase), label units",
+    "digits_rotation": "in-plane rotation angle of the digit, degrees (counter-clockwise)",
 }
 
 
 def make_dataset(cfg: DataConfig, seed: int) -> Splits:
     return DATASETS[cfg.name](cfg, seed)
+
+
+def input_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """Shape of one input (without the batch axis), known before any data is made."""
+    return INPUT_SHAPES[cfg.name](cfg)

@@ -104,29 +104,41 @@ def tables(rep: dict) -> list[Table]:
         ])
     out.append(("Accuracy on the clean test set (PyTorch)",
                 ["model", "params", "head", "RMSE", "MAE", "teacher-head RMSE"], rows))
-    rows = []
-    for r in rep["export"].get("formats", []):
-        rows.append([r["model"], r["format"], r.get("file", "–"), _f(r.get("size_bytes")), r["status"],
-                     _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get("rmse")), _f(r.get("mae")),
-                     r.get("error", "")])
-    out.append(("Exported files: each run in its runtime and compared with PyTorch",
-                ["model", "format", "file", "bytes", "status", "max abs diff vs torch", "RMSE", "MAE", "note"], rows))
+    header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", "RMSE",
+              "RMSE / torch", "NNAPI as is", "builtin ops only", "note"]
+
+    def export_rows(rows):
+        return [[r["model"], r["format"], str(r.get("batch", "")), r.get("file", "–"), _f(r.get("size_bytes")),
+                 r["status"], _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get("rmse")),
+                 _f(r.get("rmse_ratio_vs_torch"), 3), (r.get("mobile_usability") or {}).get("nnapi", "–"),
+                 {True: "yes", False: "NO"}.get(r.get("builtin_ops_only"), "–"),
+                 (r.get("error") or "").strip().splitlines()[-1][:160] if r.get("error") else ""]
+                for r in rows]
+
+    out.append(("Exported files (dynamic batch): each run in its runtime and compared with PyTorch", header,
+                export_rows(rep["export"].get("formats", []))))
+    if rep["export"].get("android"):
+        out.append(("Android bundle (android/, fixed shapes; see android/README.md)", header,
+                    export_rows(rep["export"]["android"])))
     for target, b in rep["bench"].items():
         teacher_p50 = next((r["latency_ms"]["p50"] for r in b["results"]
                             if r["model"] == "teacher" and r["format"] == "onnx_fp32"), None)
         rows = []
         for r in b["results"]:
             lat = r["latency_ms"]
-            rows.append([r["model"], r["format"], r["runtime"], _f(r["size_bytes"]), _f(r["rmse"]), _f(r["mae"]),
+            floor = r["model"] == "floor"
+            rows.append([r["model"] if not floor else "runtime floor (1 ReLU)", r["format"], r["runtime"],
+                         _f(r["size_bytes"]), _f(r.get("rmse")), _f(r.get("mae")),
+                         _f(r.get("max_abs_diff_vs_host"), 3) if "max_abs_diff_vs_host" in r else "–",
                          _f(lat["p50"], 4), _f(lat["p90"], 4), _f(lat["p99"], 4), _f(lat["mean"], 4),
-                         _f(teacher_p50 / lat["p50"], 3) + "x" if teacher_p50 else "–"])
+                         _f(teacher_p50 / lat["p50"], 3) + "x" if teacher_p50 and not floor else "–"])
         first = b["results"][0] if b["results"] else {}
         plat = first.get("platform", {})
-        title = (f"Latency on `{target}`{' (EMULATED: not device latency)' if b.get('emulated') else ''}: "
+        title = (f"Latency on `{target}`{' (EMULATED under qemu: not device latency; outputs are real ARM results)' if b.get('emulated') else ''}: "
                  f"{plat.get('machine', '?')}, {plat.get('cpu', '?')}, batch {first.get('batch')}, "
                  f"{first.get('threads')} thread(s), {first.get('runs')} timed runs after {first.get('warmup')} warm-up")
-        out.append((title, ["model", "format", "runtime", "bytes", "RMSE", "MAE", "p50 ms", "p90 ms", "p99 ms",
-                            "mean ms", "speed-up vs teacher"], rows))
+        out.append((title, ["model", "format", "runtime", "bytes", "RMSE", "MAE", "max abs diff vs host",
+                            "p50 ms", "p90 ms", "p99 ms", "mean ms", "speed-up vs teacher"], rows))
     return out
 
 
@@ -184,6 +196,62 @@ def _savefig(fig, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def _plot_fit_1d(plt, splits, teacher_test, student_test, cfg):
+    """Vector input of one feature: truth, noisy labels, teacher and student against x."""
+    order = np.argsort(splits.x_raw["test"][:, 0])
+    xs = splits.x_raw["test"][order, 0]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    xt, yt, out = splits.x_raw["train"][:, 0], splits.y["train"][:, 0], splits.outlier["train"]
+    ax.scatter(xt[~out], yt[~out], s=4, c="0.6", label="noisy labels (train)")
+    ax.scatter(xt[out], yt[out], s=6, c="tab:red", alpha=0.5, label="outlier labels (train)")
+    ax.plot(xs, splits.y_clean["test"][order, 0], "k-", lw=2, label="truth")
+    ax.plot(xs, teacher_test[order, 0], "-", c="tab:blue", lw=1.5, label="teacher")
+    ax.plot(xs, student_test[order, 0], "-", c="tab:green", lw=1.5, label=f"student ({cfg.distill.method}, deployed)")
+    lim = 2.5 * max(1e-6, float(np.abs(splits.y_clean["test"]).max()))
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title("Truth, noisy labels, teacher and deployed student")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def _plot_pred_vs_true(plt, splits, teacher_test, student_test, cfg):
+    """Images or several features: predictions against the clean test labels (first output)."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    y = splits.y_clean["test"][:, 0]
+    ax.scatter(y, teacher_test[:, 0], s=5, alpha=0.5, c="tab:blue", label="teacher")
+    ax.scatter(y, student_test[:, 0], s=5, alpha=0.5, c="tab:green", label=f"student ({cfg.distill.method})")
+    lo, hi = float(y.min()), float(y.max())
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="ideal")
+    ax.set_xlabel("clean test label")
+    ax.set_ylabel("prediction")
+    ax.set_title("Predictions on the clean test set")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _latency_cdf(plt, run_dir: Path):
+    """Empirical CDF of every timed run, one panel per target, student files and teacher."""
+    files = sorted((run_dir / "bench").glob("*.json"))
+    if not files:
+        return None
+    fig, axes = plt.subplots(1, len(files), figsize=(6 * len(files), 4), squeeze=False)
+    for ax, path in zip(axes[0], files):
+        b = json.loads(path.read_text())
+        for r in b["results"]:
+            ms = np.sort(np.asarray(r.get("latencies_ms", []), dtype=float))
+            if ms.size:
+                ax.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", lw=1,
+                        label=r["file"].split("/")[-1], ls="--" if r["model"] != "student" else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency per batch, ms (log)")
+        ax.set_ylabel("share of runs")
+        ax.set_title(b["target"] + (" (emulated)" if b.get("emulated") else ""))
+        ax.legend(fontsize=6)
+    return fig
+
+
 def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     import matplotlib
 
@@ -199,23 +267,12 @@ def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     with np.load(run_dir / "teacher_preds.npz") as z:
         teacher_test = z["test"]
     student = load_model(run_dir / "student.pt", cfg)
-    order = np.argsort(splits.x_raw["test"][:, 0])
-    xs = splits.x_raw["test"][order, 0]
 
-    fig, ax = plt.subplots(figsize=(9, 5))
-    xt, yt, out = splits.x_raw["train"][:, 0], splits.y["train"][:, 0], splits.outlier["train"]
-    ax.scatter(xt[~out], yt[~out], s=4, c="0.6", label="noisy labels (train)")
-    ax.scatter(xt[out], yt[out], s=6, c="tab:red", alpha=0.5, label="outlier labels (train)")
-    ax.plot(xs, splits.y_clean["test"][order, 0], "k-", lw=2, label="truth")
-    ax.plot(xs, teacher_test[order, 0], "-", c="tab:blue", lw=1.5, label="teacher")
-    ax.plot(xs, predict(student, splits.x["test"])[order, 0], "-", c="tab:green", lw=1.5,
-            label=f"student ({cfg.distill.method}, deployed)")
-    lim = 2.5 * max(1e-6, float(np.abs(splits.y_clean["test"]).max()))
-    ax.set_ylim(-lim, lim)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_title("Truth, noisy labels, teacher and deployed student")
-    ax.legend(loc="upper right", fontsize=8)
+    student_test = predict(student, splits.x["test"])
+    if splits.x_raw["test"].ndim == 2 and splits.x_raw["test"].shape[1] == 1:
+        fig = _plot_fit_1d(plt, splits, teacher_test, student_test, cfg)
+    else:
+        fig = _plot_pred_vs_true(plt, splits, teacher_test, student_test, cfg)
     _savefig(fig, plots_dir / "fit.png")
     plt.close(fig)
     made.append("plots/fit.png")
@@ -236,6 +293,11 @@ def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     plt.close(fig)
     made.append("plots/learning_curves.png")
 
+    cdf = _latency_cdf(plt, run_dir)
+    if cdf is not None:
+        _savefig(cdf, plots_dir / "latency_cdf.png")
+        plt.close(cdf)
+        made.append("plots/latency_cdf.png")
     if rep["bench"]:
         fig, ax = plt.subplots(figsize=(10, 4))
         labels, p50, lo, hi = [], [], [], []
@@ -281,7 +343,7 @@ def short_table(run_dir: Path) -> str:
         if not m.get("deployed"):
             lines.append(f"{'student ' + name + ' (torch)':<34}{m['test_label_head']['rmse']:>9.4f}{'':>10}{'':>10}")
     for r in bench["results"]:
-        if r["model"] == "student":
+        if r["model"] == "student" and "rmse" in r:
             lines.append(f"{'student ' + rep['config']['distill']['method'] + ' ' + r['format']:<34}"
                          f"{r['rmse']:>9.4f}{r['latency_ms']['p50']:>10.4f}{r['size_bytes']:>10}")
     return "\n".join(lines)

@@ -12,10 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 import pipeline
-from models import TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
-from models.mlp import Regressor
+from models import Regressor, TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
 from pipeline.config import Config
-from pipeline.data import Splits, make_dataset
+from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset
 from pipeline.errors import UserError
 from pipeline.io import atomic_write, atomic_write_json
 from pipeline.methods import build_method
@@ -35,49 +34,66 @@ TEACHER_LOSSES = {
 # --------------------------------------------------------------------------- model files
 
 
-def build_teacher(cfg: Config, in_features: int, out_features: int) -> Regressor:
-    return Regressor(build_backbone("mlp", in_features, cfg.teacher.hidden, cfg.teacher.activation), out_features)
+Shape = tuple[int, ...]
 
 
-def build_student(cfg: Config, in_features: int, out_features: int) -> TwoHeadStudent:
-    return TwoHeadStudent(build_backbone("mlp", in_features, cfg.student.hidden, cfg.student.activation), out_features)
+def _backbone(section, input_shape: Shape):
+    return build_backbone(section.backbone, input_shape, section.hidden, section.activation, section.channels)
 
 
-def build_deployed(cfg: Config, in_features: int, out_features: int) -> Regressor:
-    return drop_teacher_head(build_student(cfg, in_features, out_features), cfg.student.keep_head)
+def build_teacher(cfg: Config, input_shape: Shape, out_features: int) -> Regressor:
+    return Regressor(_backbone(cfg.teacher, input_shape), out_features)
 
 
-def save_model(path: Path, model: torch.nn.Module, kind: str, in_features: int, out_features: int) -> None:
-    payload = {"kind": kind, "in_features": in_features, "out_features": out_features, "state_dict": model.state_dict()}
+def build_student(cfg: Config, input_shape: Shape, out_features: int) -> TwoHeadStudent:
+    return TwoHeadStudent(_backbone(cfg.student, input_shape), out_features)
+
+
+def build_deployed(cfg: Config, input_shape: Shape, out_features: int) -> Regressor:
+    return drop_teacher_head(build_student(cfg, input_shape, out_features), cfg.student.keep_head)
+
+
+def save_model(path: Path, model: torch.nn.Module, kind: str, input_shape: Shape, out_features: int) -> None:
+    payload = {"kind": kind, "input_shape": list(input_shape), "out_features": out_features,
+               "state_dict": model.state_dict()}
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_model(path: Path, cfg: Config) -> torch.nn.Module:
+    """A model file written by ``save_model``; a missing, truncated or foreign file is a clear error."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        builders = {"teacher": build_teacher, "student": build_student, "deployed": build_deployed}
+        model = builders[payload["kind"]](cfg, tuple(payload["input_shape"]), payload["out_features"])
+        model.load_state_dict(payload["state_dict"])
+    except FileNotFoundError:
+        raise UserError(f"model file {path} does not exist") from None
     except Exception as exc:
-        raise UserError(f"cannot read model file {path}: {exc}") from None
-    builders = {"teacher": build_teacher, "student": build_student, "deployed": build_deployed}
-    model = builders[payload["kind"]](cfg, payload["in_features"], payload["out_features"])
-    model.load_state_dict(payload["state_dict"])
+        raise UserError(f"model file {path} is damaged or does not match the config: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     return model.eval()
 
 
-def check_model_sizes(cfg: Config, in_features: int = 1, out_features: int = 1) -> dict:
+def check_model_sizes(cfg: Config, out_features: int = 1) -> dict:
     """The student must be at most ``student.max_param_ratio`` of the teacher: checked before any work."""
-    t = count_parameters(build_teacher(cfg, in_features, out_features))
-    s = count_parameters(build_student(cfg, in_features, out_features))
-    d = count_parameters(build_deployed(cfg, in_features, out_features))
+    shape = input_shape(cfg.data)
+    try:
+        t = count_parameters(build_teacher(cfg, shape, out_features))
+        s = count_parameters(build_student(cfg, shape, out_features))
+        d = count_parameters(build_deployed(cfg, shape, out_features))
+    except ValueError as exc:  # e.g. a cnn backbone on vector inputs
+        raise UserError(f"model does not fit data '{cfg.data.name}' (input shape {shape}): {exc}") from None
     if s > cfg.student.max_param_ratio * t:
         raise UserError(
-            f"student.hidden {cfg.student.hidden} gives {s} parameters, more than student.max_param_ratio "
-            f"({cfg.student.max_param_ratio}) x the teacher's {t}; shrink the student or grow the teacher"
+            f"student ({cfg.student.backbone}, hidden {cfg.student.hidden}) has {s} parameters, more than "
+            f"student.max_param_ratio ({cfg.student.max_param_ratio}) x the teacher's {t}; "
+            "shrink the student or grow the teacher"
         )
     return {"teacher_params": t, "student_params": s, "deployed_params": d}
 
 
-def _dims(splits: Splits) -> tuple[int, int]:
-    return splits.x["train"].shape[1], splits.y["train"].shape[1]
+def _dims(splits: Splits) -> tuple[Shape, int]:
+    return tuple(splits.x["train"].shape[1:]), splits.y["train"].shape[1]
 
 
 # --------------------------------------------------------------------------- stages
@@ -89,7 +105,9 @@ def stage_data(ctx: Context) -> list[str]:
     splits.save(ctx.path("data.npz"))
     summary = {
         "dataset": cfg.data.name,
-        "function": f"y = {cfg.data.amplitude} * sin({cfg.data.frequency} * x + {cfg.data.phase})",
+        "function": (f"y = {cfg.data.amplitude} * sin({cfg.data.frequency} * x + {cfg.data.phase})"
+                     if cfg.data.name == "sinusoid" else OUTPUT_MEANING[cfg.data.name]),
+        "input_shape": list(splits.x["train"].shape[1:]),
         "sizes": {s: int(v.shape[0]) for s, v in splits.x.items()},
         "outliers": {s: int(v.sum()) for s, v in splits.outlier.items()},
         "noisy_label_rmse_vs_clean": {
@@ -187,7 +205,7 @@ def stage_distill(ctx: Context) -> list[str]:
             "test_teacher_head": regression_metrics(teacher_pred, splits.y_clean["test"]),
             "file": rel,
         }
-    sizes = check_model_sizes(cfg, d_in, d_out)
+    sizes = check_model_sizes(cfg, d_out)
     atomic_write_json(ctx.path("distill.json"), {"methods": results, **sizes})
     return [*written, "distill.json"]
 
@@ -216,71 +234,157 @@ def stage_student(ctx: Context) -> list[str]:
     return ["student.pt", "student.json"]
 
 
-def stage_export(ctx: Context) -> list[str]:
-    from export import ExportJob, export_all
-
-    cfg = ctx.cfg
-    splits = Splits.load(ctx.path("data.npz"))
-    d_in, _ = _dims(splits)
-    metadata = {
+def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
+    """The one metadata dict of an exported student (Ultralytics-style): embedded in every file."""
+    return {
         "producer": "pocketkd",
         "pocketkd_version": pipeline.__version__,
         "config_hash": cfg.hash(),
-        "input_normalization_mean": ",".join(f"{v:.9g}" for v in splits.x_mean),
-        "input_normalization_std": ",".join(f"{v:.9g}" for v in splits.x_std),
+        "task": f"regression on {cfg.data.name}",
+        "distill_method": cfg.distill.method,
         "kept_head": cfg.student.keep_head,
-        "output_meaning": "regression target in label units",
+        "input_shape": [batch or -1, *splits.x["train"].shape[1:]],
+        "input_layout": "NCHW" if splits.x["train"].ndim == 4 else "NC",
+        "input_normalization": {"mean": splits.x_mean.tolist(), "std": splits.x_std.tolist(),
+                                "formula": "(x - mean) / std, per channel (images) or feature (vectors)"},
+        "output_meaning": OUTPUT_MEANING[cfg.data.name],
+        "outputs": splits.y["train"].shape[1],
+        "batch": batch or "dynamic",
     }
-    names = ["onnx_fp32", "onnx_int8"] + (["tflite_fp32", "tflite_fp16"] if cfg.export.tflite else [])
-    rows, written = [], []
-    for stem, model_file, fmts in [
-        ("student", "student.pt", names),
-        ("teacher", "teacher.pt", ["onnx_fp32"]),  # the teacher is benchmarked in the same runtime
-    ]:
-        job = ExportJob(
-            model=load_model(ctx.path(model_file), cfg),
-            out_dir=ctx.run_dir,
-            in_features=d_in,
-            x_eval=splits.x["test"],
-            y_eval=splits.y_clean["test"],
-            x_calib=splits.x["train"],
-            cfg=cfg.export,
-            stem=stem,
-            metadata={**metadata, "model": stem},
-        )
-        job_rows = export_all(job, fmts)
-        rows += job_rows
-        written += [r["file"] for r in job_rows if "file" in r]
-    atomic_write_json(ctx.path("export.json"), {"formats": rows, "parity_atol": cfg.export.parity_atol})
-    return [*written, "export.json"]
+
+
+def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str], android: bool) -> dict:
+    """Export the deployed student (and the teacher, ONNX only, for the bench): server files with a
+    dynamic batch axis into ``out_dir``, the fixed-shape Android bundle into ``out_dir/android``."""
+    from export import ExportJob, export_all
+    from export.android import write_bundle
+
+    splits = Splits.load(run_dir / "data.npz")
+    shape, _ = _dims(splits)
+
+    def job(model_file, stem, directory, batch):
+        meta = export_metadata(cfg, splits, batch)
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
+        return ExportJob(model=load_model(run_dir / model_file, cfg), out_dir=directory, input_shape=shape,
+                         x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
+                         cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch)
+
+    result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump()}
+    result["formats"] = export_all(job("student.pt", "student", out_dir, None), formats)
+    result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
+    if android:
+        a = cfg.export.android
+        bundle_dir = out_dir / "android"
+        rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
+        write_bundle(bundle_dir, rows, export_metadata(cfg, splits, a.batch))
+        result["android"] = rows
+    return result
+
+
+def stage_export(ctx: Context) -> list[str]:
+    cfg = ctx.cfg
+    result = export_student(cfg, ctx.run_dir, ctx.run_dir, list(cfg.export.formats), cfg.export.android.enabled)
+    atomic_write_json(ctx.path("export.json"), result)
+    written = [r["file"] for r in result["formats"] if "file" in r]
+    if "android" in result:
+        bundle = ctx.run_dir / "android"
+        written += [f"android/{r['file']}" for r in result["android"] if "file" in r]
+        written += [f"android/{p.name}" for p in bundle.iterdir() if p.suffix in (".json", ".md", ".config")]
+    if ctx.path("required_operators.config").exists():
+        written.append("required_operators.config")
+    return sorted(set(written)) + ["export.json"]
+
+
+def runtime_floor_models(bench_dir: Path) -> list[dict]:
+    """Trivial one-op models (ReLU of a 1x1 input) per runtime: their p50 is the runtime's overhead."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.onnx_export import save_proto
+    from export.tflite import onnx_to_tflite
+
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "floor",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    onnx.checker.check_model(proto)
+    floor = save_proto(proto, bench_dir / "floor.onnx")
+    made = [{"model": "floor", "format": "onnx_fp32", "precision": "fp32", "file": "bench/floor.onnx"}]
+    try:
+        onnx_to_tflite(floor, bench_dir, "floor", ("fp32",))
+        made.append({"model": "floor", "format": "tflite_fp32", "precision": "fp32", "file": "bench/floor_fp32.tflite"})
+    except Exception as exc:  # the floor is context, not a result: say so and go on
+        log.warning("no LiteRT floor model: %s", str(exc).splitlines()[-1])
+    return made
 
 
 def stage_bench(ctx: Context) -> list[str]:
+    """Every exported file on every target: latency statistics, and accuracy from the target's own
+    outputs; fp32 outputs on other targets must match the host's within ``bench.parity_atol``."""
     from device_bench.targets import parse_target
+
+    from pipeline.errors import ParityError
 
     cfg = ctx.cfg
     b = cfg.bench
     splits = Splits.load(ctx.path("data.npz"))
     rows = json.loads(ctx.path("export.json").read_text())["formats"]
-    files = [r for r in rows if r.get("status") == "ok"]
-    written = []
-    for spec in b.targets:
+    files = [r for r in rows if r.get("status") in ("ok", "over_limit")  # every file that runs
+             and (not b.formats or r["format"] in b.formats or r["model"] == "teacher")]
+    floors = runtime_floor_models(ctx.path("bench"))
+    written = [f["file"] for f in floors]
+    targets = sorted(b.targets, key=lambda t: t != "host")  # host first: the others are compared with it
+    host_out: dict[str, np.ndarray] = {}
+    mismatches = []
+    for spec in targets:
         target = parse_target(spec)
         results = []
-        for r in tqdm(files, desc=f"bench[{spec}]", unit="model", leave=False, disable=None):
-            res = target.run(ctx.path(r["file"]), splits.x["test"], threads=b.threads, warmup=b.warmup,
-                             runs=b.runs, batch=b.batch)
+        for r in tqdm(files + floors, desc=f"bench[{spec}]", unit="model", leave=False, disable=None):
+            x = splits.x["test"] if r["model"] != "floor" else np.zeros((8, 1), np.float32)
+            res = target.run(ctx.path(r["file"]), x, threads=b.threads, warmup=b.warmup, runs=b.runs,
+                             batch=b.batch)
             out = np.asarray(res.pop("outputs"), dtype=np.float32)
-            res.update(model=r["model"], format=r["format"], precision=r["precision"], file=r["file"],
-                       **regression_metrics(out, splits.y_clean["test"]))
+            res.update(model=r["model"], format=r["format"], precision=r["precision"], file=r["file"])
+            if r["model"] != "floor":
+                res.update(regression_metrics(out, splits.y_clean["test"]))
+                if spec == "host":
+                    host_out[r["file"]] = out
+                elif r["file"] in host_out:
+                    res["max_abs_diff_vs_host"] = max_abs_diff(out, host_out[r["file"]])
+                    if r["precision"] == "fp32" and res["max_abs_diff_vs_host"] > b.parity_atol:
+                        mismatches.append(f"{spec} {r['file']}: {res['max_abs_diff_vs_host']:.3g}")
             results.append(res)
             lat = res["latency_ms"]
-            log.info("bench %-8s %-22s p50 %.4f ms  p99 %.4f ms  rmse %.4f", spec, r["file"], lat["p50"],
-                     lat["p99"], res["rmse"])
-        rel = f"bench/{target.scheme}.json"
-        atomic_write_json(ctx.path(rel), {"target": spec, "emulated": target.emulated, "results": results})
+            log.info("bench %-12s %-30s p50 %8.4f ms  p99 %8.4f ms%s", target.label, r["file"], lat["p50"],
+                     lat["p99"], f"  rmse {res['rmse']:.4g}" if "rmse" in res else "")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label.replace("://", "_"))
+        rel = f"bench/{safe}.json"
+        atomic_write_json(ctx.path(rel), {"target": target.label, "emulated": target.emulated, "results": results})
         written.append(rel)
+    if mismatches:
+        raise ParityError(f"fp32 outputs differ from the host's by more than bench.parity_atol={b.parity_atol:g}: "
+                          + "; ".join(mismatches))
     return written
+
+
+def resolve_targets(cfg: Config) -> tuple[Config, list[str]]:
+    """Drop targets this machine cannot run when ``bench.skip_unavailable``; returns notes for the user."""
+    from device_bench.qemu import qemu_available
+
+    notes, keep = [], []
+    for spec in cfg.bench.targets:
+        if spec == "qemu-aarch64" and cfg.bench.skip_unavailable and not qemu_available():
+            notes.append("qemu-aarch64 bench skipped: qemu is not installed. Enable it with "
+                         "`apt-get install qemu-user-static` (the aarch64 sysroot is then built and cached "
+                         "on first use), or drop it with --set bench.targets=[host]")
+            continue
+        keep.append(spec)
+    if keep == cfg.bench.targets:
+        return cfg, notes
+    bench = cfg.bench.model_copy(update={"targets": keep or ["host"]})
+    return cfg.model_copy(update={"bench": bench}), notes
 
 
 def stage_report(ctx: Context) -> list[str]:

@@ -16,7 +16,7 @@ from pipeline.errors import ParityError
 def _trained_student(seed=0):
     """A small student fitted for a few hundred steps to a sinusoid (real weights, not random)."""
     torch.manual_seed(seed)
-    student = TwoHeadStudent(build_backbone("mlp", 1, [16, 16]))
+    student = TwoHeadStudent(build_backbone("mlp", (1,), [16, 16]))
     x = torch.linspace(-2, 2, 256).reshape(-1, 1)
     y = torch.sin(2 * x)
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
@@ -33,7 +33,7 @@ def _job(tmp_path, model=None, **cfg_overrides):
     cfg = load_config().export
     if cfg_overrides:
         cfg = cfg.model_copy(update=cfg_overrides)
-    return ExportJob(model=model or model_, out_dir=tmp_path, in_features=1, x_eval=x, y_eval=y, x_calib=x,
+    return ExportJob(model=model or model_, out_dir=tmp_path, input_shape=(1,), x_eval=x, y_eval=y, x_calib=x,
                      cfg=cfg, metadata={"producer": "pocketkd-test"})
 
 

@@ -19,7 +19,7 @@ def test_default_sizes_meet_the_brief():
 @pytest.mark.parametrize("keep, index", [("label", 0), ("teacher", 1)])
 def test_drop_teacher_head_keeps_one_output_and_matches_the_head(keep, index):
     torch.manual_seed(0)
-    student = TwoHeadStudent(build_backbone("mlp", 3, [16, 8]), out_features=2)
+    student = TwoHeadStudent(build_backbone("mlp", (3,), [16, 8]), out_features=2)
     x = torch.randn(64, 3)
     deployed = drop_teacher_head(student, keep)
     out = deployed(x)
@@ -34,7 +34,7 @@ def test_drop_teacher_head_keeps_one_output_and_matches_the_head(keep, index):
 
 def test_drop_teacher_head_rejects_unknown_head():
     with pytest.raises(ValueError, match="keep must be one of"):
-        drop_teacher_head(TwoHeadStudent(build_backbone("mlp", 1, [4])), "both")
+        drop_teacher_head(TwoHeadStudent(build_backbone("mlp", (1,), [4])), "both")
 
 
 def test_builders_follow_the_config():
