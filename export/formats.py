@@ -84,7 +84,7 @@ def _make_onnx_fp16(job: ExportJob, fmt: Format) -> Path:
 def _make_onnx_int8(job: ExportJob, fmt: Format) -> Path:
     q = job.cfg.int8
     return quantize_int8_static(_base_onnx(job), job.file(fmt), job.calib, INPUT_NAME, q.calibrate_method,
-                                q.per_channel, batch=job.batch or 32)
+                                q.per_channel, batch=job.batch or 32, float_first_layer=q.float_first_layer)
 
 
 def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:

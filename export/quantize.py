@@ -36,8 +36,12 @@ class ArrayCalibrationReader:
 def quantize_int8_static(
     src: Path, dst: Path, calib_x: np.ndarray, input_name: str, method: str = "minmax", per_channel: bool = True,
     batch: int = 32,
+    float_first_layer: bool = False,
 ) -> Path:
-    """Static int8 (QDQ). ``batch`` is the calibration batch size: a fixed-batch model needs its own."""
+    """Static int8 (QDQ). ``batch`` is the calibration batch size: a fixed-batch model needs its own.
+
+    ``float_first_layer`` keeps the first Gemm/Conv/MatMul in float: the raw input is then never
+    quantized to 256 levels, which for low-dimensional inputs is most of the int8 error."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -54,6 +58,12 @@ def quantize_int8_static(
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "int8.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        exclude = []
+        if float_first_layer:
+            import onnx
+
+            first = next((n for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "Conv", "MatMul")), None)
+            exclude = [first.name] if first is not None else []
         quantize_static(
             str(pre),
             str(out),
@@ -63,6 +73,7 @@ def quantize_int8_static(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=methods[method],
+            nodes_to_exclude=exclude,
         )
         return atomic_copy(out, dst)
 

@@ -169,6 +169,9 @@ class Int8Config(_Strict):
         "minmax", description="ONNX Runtime calibration method"
     )
     per_channel: bool = Field(True, description="per-channel weight scales")
+    float_first_layer: bool = Field(
+        True, description="ONNX static int8: keep the first layer in float so the raw input is not quantized"
+    )
 
 
 class LimitsConfig(_Strict):

@@ -329,21 +329,28 @@ def write_report(run_dir: Path, cfg: Config) -> list[str]:
 
 
 def short_table(run_dir: Path) -> str:
-    """The few lines the CLI prints at the end of a run."""
+    """The few lines the CLI prints at the end of a run: RMSE, size and p50 on each target."""
     rep = json.loads((run_dir / "report.json").read_text())
-    lines = []
+    targets = list(rep["bench"])
+    by = {t: {(r["model"], r["file"]): r for r in b["results"]} for t, b in rep["bench"].items()}
+    short = {t: ("qemu-arm64*" if b.get("emulated") else t)[:12] for t, b in rep["bench"].items()}
+    head = f"{'model / file':<46}{'RMSE':>9}{'bytes':>10}" + "".join(f"{'p50 ms ' + short[t]:>20}" for t in targets)
+    lines = [head]
+
+    def p50s(model, file):
+        return "".join(f"{by[t][(model, file)]['latency_ms']['p50']:>20.4f}" if (model, file) in by[t]
+                       else f"{'–':>20}" for t in targets)
+
     t = rep["teacher"]
-    lines.append(f"{'model':<34}{'RMSE':>9}{'p50 ms':>10}{'bytes':>10}")
-    bench = next(iter(rep["bench"].values()), {"results": []})
-    by = {(r["model"], r["format"]): r for r in bench["results"]}
-    tb = by.get(("teacher", "onnx_fp32"))
-    lines.append(f"{'teacher (onnx fp32)':<34}{t['test']['rmse']:>9.4f}"
-                 f"{(tb['latency_ms']['p50'] if tb else float('nan')):>10.4f}{(tb['size_bytes'] if tb else 0):>10}")
+    lines.append(f"{'teacher.onnx':<46}{t['test']['rmse']:>9.4f}{'':>10}" + p50s("teacher", "teacher.onnx"))
     for name, m in rep["students"].items():
         if not m.get("deployed"):
-            lines.append(f"{'student ' + name + ' (torch)':<34}{m['test_label_head']['rmse']:>9.4f}{'':>10}{'':>10}")
-    for r in bench["results"]:
+            lines.append(f"{'student ' + name + ' (PyTorch, baseline)':<46}{m['test_label_head']['rmse']:>9.4f}")
+    method = rep["config"]["distill"]["method"]
+    for r in rep["export"].get("formats", []):
         if r["model"] == "student" and "rmse" in r:
-            lines.append(f"{'student ' + rep['config']['distill']['method'] + ' ' + r['format']:<34}"
-                         f"{r['rmse']:>9.4f}{r['latency_ms']['p50']:>10.4f}{r['size_bytes']:>10}")
+            lines.append(f"{'student ' + method + ' ' + r['file']:<46}{r['rmse']:>9.4f}{r['size_bytes']:>10}"
+                         + p50s("student", r["file"]))
+    if any(b.get("emulated") for b in rep["bench"].values()):
+        lines.append("* emulated under qemu: latency is not device latency; accuracy is from ARM outputs")
     return "\n".join(lines)

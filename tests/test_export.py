@@ -43,7 +43,9 @@ def test_onnx_formats_match_pytorch_and_int8_is_reported(tmp_path):
     assert rows["onnx_fp32"]["status"] == "ok"
     assert rows["onnx_fp32"]["max_abs_diff_vs_torch"] <= 1e-4
     q = rows["onnx_int8"]
-    assert q["status"] == "ok" and q["n_outputs"] == 1
+    # int8 accuracy is a benchmark claim (docs/BENCHMARKS.md); here: measured, compared with its limit
+    assert q["status"] in ("ok", "over_limit") and q["n_outputs"] == 1
+    assert (q["status"] == "over_limit") == (q["rmse_ratio_vs_torch"] > q["rmse_ratio_limit"])
     assert q["max_abs_diff_vs_torch"] > 0  # really quantized
     assert q["rmse_ratio_vs_torch"] == pytest.approx(q["rmse"] / rows["onnx_fp32"]["rmse"], rel=1e-3)
     assert (tmp_path / "student.int8.onnx").stat().st_size > 0

@@ -39,7 +39,21 @@ def test_drop_teacher_head_rejects_unknown_head():
 
 def test_builders_follow_the_config():
     cfg = load_config(None, ["teacher.hidden=[10, 20]", "student.hidden=[3]"])
-    t = build_teacher(cfg, 2, 1)
-    s = build_student(cfg, 2, 1)
+    t = build_teacher(cfg, (2,), 1)
+    s = build_student(cfg, (2,), 1)
     assert count_parameters(t) == (2 * 10 + 10) + (10 * 20 + 20) + (20 + 1)
     assert count_parameters(s) == (2 * 3 + 3) + 2 * (3 + 1)
+
+
+def test_cnn_backbone_shapes_and_a_cnn_on_vectors_is_refused():
+    from models import CNN
+
+    cnn = CNN((1, 16, 16), [32], channels=[8, 16])
+    assert cnn(torch.zeros(5, 1, 16, 16)).shape == (5, 32)
+    with pytest.raises(ValueError, match="needs \\(C, H, W\\) inputs"):
+        CNN((1,), [4])
+    cfg = load_config(None, ["student.backbone=cnn"])
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="does not fit data 'sinusoid'"):
+        check_model_sizes(cfg)

@@ -23,7 +23,7 @@ def test_run_produces_every_artifact(e2e_run):
                  "report.html", "plots/fit.png", "plots/learning_curves.png", "plots/latency.png",
                  "baselines/scratch.pt", "baselines/kd.pt"]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert "report:" in proc.stdout and "student tor_mt onnx_int8" in proc.stdout
+    assert "report:" in proc.stdout and "student tor_mt student.int8.onnx" in proc.stdout
 
 
 def test_manifest_hashes_match_files(e2e_run):
@@ -66,13 +66,16 @@ def test_bench_accuracy_comes_from_each_runtime(e2e_run):
     out, _ = e2e_run
     bench = json.loads((out / "bench/host.json").read_text())
     exported = {r["file"]: r for r in json.loads((out / "export.json").read_text())["formats"]}
-    assert {r["file"] for r in bench["results"]} == set(exported)
+    assert {r["file"] for r in bench["results"] if r["model"] != "floor"} == set(exported)
+    assert {r["file"] for r in bench["results"] if r["model"] == "floor"} == {"bench/floor.onnx",
+                                                                            "bench/floor_fp32.tflite"}
     for r in bench["results"]:
         lat = r["latency_ms"]
         assert lat["n"] == 30 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["batch"] == 1 and r["threads"] == 1
         # RMSE from the runtime's own outputs equals what the export check measured in-process
-        assert r["rmse"] == pytest.approx(exported[r["file"]]["rmse"], rel=1e-5)
+        if r["model"] != "floor":
+            assert r["rmse"] == pytest.approx(exported[r["file"]]["rmse"], rel=1e-5)
 
 
 def test_report_json_has_versions_hash_metrics_parity_latency(e2e_run):
@@ -163,3 +166,24 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(small_config_file,
     assert "stage distill  running" in done.stderr
     assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime
     assert (out / "report.json").exists()
+
+
+def test_default_run_benches_on_emulated_arm_and_checks_parity_with_host(e2e_run):
+    from device_bench.qemu import qemu_available
+
+    out, proc = e2e_run
+    if not qemu_available():
+        assert "apt-get install qemu-user-static" in proc.stderr  # the run says how to enable it
+        pytest.skip("qemu-aarch64-static is not installed here (.ci/run installs it)")
+    arm = json.loads((out / "bench/qemu-aarch64.json").read_text())
+    assert arm["emulated"] is True
+    res = [r for r in arm["results"] if r["model"] != "floor"]
+    assert res and all(r["platform"]["machine"] == "aarch64" for r in res)
+    for r in res:
+        assert "max_abs_diff_vs_host" in r
+        if r["precision"] == "fp32":
+            assert r["max_abs_diff_vs_host"] <= 1e-5, r["file"]
+    rep = json.loads((out / "report.json").read_text())
+    assert "qemu-aarch64" in rep["bench"] and "qemu-aarch64" in rep["summary"]
+    assert "EMULATED" in (out / "report.md").read_text()
+    assert (out / "plots/latency_cdf.png").stat().st_size > 0
