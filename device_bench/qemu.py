@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_bench.targets import RUNNER, Target, TargetError, allowed_forms
+from device_bench.targets import RUNNER, Target, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -295,17 +295,10 @@ class QemuAarch64Target(Target):
     scheme = "qemu-aarch64"
     emulated = True
     forms = "qemu-aarch64"
-
-    def __init__(self, spec: str):
-        if spec != self.scheme:
-            raise TargetError(f"bad bench target {spec!r}: the qemu target is written exactly 'qemu-aarch64'; "
-                              f"allowed: {allowed_forms()}")
-        super().__init__(spec)
+    exact = True
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
-        model = Path(model)
-        if not model.exists():
-            raise TargetError(f"model file {model} does not exist")
+        model = self.existing_model(model)
         qemu = find_qemu()
         if qemu is None:
             raise TargetError("the qemu-aarch64 target needs qemu-aarch64-static: apt-get install qemu-user-static")

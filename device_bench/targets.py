@@ -37,12 +37,24 @@ class Target:
     emulated: ClassVar[bool] = False
     forms: ClassVar[str] = ""  # how the target is written, for error messages and --help
 
+    exact: ClassVar[bool] = False  # the target is written exactly as its scheme ("host", "qemu-aarch64")
+
     def __init__(self, spec: str):
+        if self.exact and spec != self.scheme:
+            raise TargetError(f"bad bench target {spec!r}: the {self.scheme} target is written exactly "
+                              f"'{self.scheme}'; allowed: {allowed_forms()}")
         self.spec = spec
 
     @property
     def label(self) -> str:
         return self.spec
+
+    @staticmethod
+    def existing_model(model) -> Path:
+        model = Path(model)
+        if not model.exists():
+            raise TargetError(f"model file {model} does not exist")
+        return model
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
         raise NotImplementedError
@@ -53,17 +65,10 @@ class HostTarget(Target):
 
     scheme = "host"
     forms = "host"
-
-    def __init__(self, spec: str):
-        if spec != self.scheme:
-            raise TargetError(f"bad bench target {spec!r}: the host target is written exactly 'host'; "
-                              f"allowed: {allowed_forms()}")
-        super().__init__(spec)
+    exact = True
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
-        model = Path(model)
-        if not model.exists():
-            raise TargetError(f"model file {model} does not exist")
+        model = self.existing_model(model)
         with tempfile.TemporaryDirectory(prefix="pocketkd-bench-") as tmp:
             inputs = Path(tmp) / "inputs.npz"
             out = Path(tmp) / "result.json"
