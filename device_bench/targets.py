@@ -49,6 +49,10 @@ class Target:
     def label(self) -> str:
         return self.spec
 
+    def fingerprint(self) -> str:
+        """What, besides the model and inputs, decides this target's results (part of the bench cache key)."""
+        return self.label
+
     @staticmethod
     def existing_model(model) -> Path:
         model = Path(model)
@@ -66,6 +70,18 @@ class HostTarget(Target):
     scheme = "host"
     forms = "host"
     exact = True
+
+    def fingerprint(self) -> str:
+        import importlib.metadata as md
+        import platform
+
+        versions = []
+        for pkg in ("onnxruntime", "ai-edge-litert", "numpy"):
+            try:
+                versions.append(f"{pkg}={md.version(pkg)}")
+            except md.PackageNotFoundError:
+                versions.append(f"{pkg}=none")
+        return f"host:{platform.machine()}:{sys.version.split()[0]}:{','.join(versions)}"
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
         model = self.existing_model(model)

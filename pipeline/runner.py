@@ -52,6 +52,8 @@ class Stage:
     config: tuple[str, ...]
     version: str = "1"
     help: str = ""
+    # what else decides the stage's results (e.g. the bench targets' runtimes): part of its cache key
+    environment: Callable[[Config], str] | None = None
 
 
 @dataclass
@@ -101,6 +103,8 @@ class Runner:
         h = hashlib.sha256()
         h.update(f"{stage.name}:{stage.version}:{pipeline.__version__}".encode())
         h.update(cfg.section_hash(*stage.config).encode())
+        if stage.environment is not None:
+            h.update(stage.environment(cfg).encode())
         for rel in stage.reads:
             if "*" in rel:  # a pattern: every matching file, in name order
                 for p in sorted(run_dir.glob(rel)):

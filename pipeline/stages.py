@@ -369,6 +369,12 @@ def stage_bench(ctx: Context) -> list[str]:
     return written
 
 
+def bench_environment(cfg: Config) -> str:
+    from device_bench.targets import parse_target
+
+    return "|".join(parse_target(spec).fingerprint() for spec in cfg.bench.targets)
+
+
 def resolve_targets(cfg: Config) -> tuple[Config, list[str]]:
     """Drop targets this machine cannot run when ``bench.skip_unavailable``; returns notes for the user."""
     from device_bench.qemu import qemu_available
@@ -402,7 +408,7 @@ STAGES = [
           help="drop the teacher head: a single-output student"),
     Stage("export", stage_export, reads=("student.pt", "teacher.pt", "data.npz"), config=("export", "student"),
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
-    Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",),
+    Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",), environment=bench_environment,
           help="latency and accuracy of every exported file on each target"),
     Stage("report", stage_report, reads=("data.npz", "data.json", "teacher.json", "teacher_preds.npz",
                                          "distill.json", "student.json", "student.pt", "export.json",

@@ -114,3 +114,24 @@ def test_malformed_qemu_targets_list_the_allowed_forms():
         parse_target("qemu-aarch64://board")
     with pytest.raises(TargetError, match="written exactly 'host'"):
         parse_target("host://x")
+
+
+@needs_qemu
+def test_int8_cnn_on_emulated_arm_agrees_with_host(sysroot, tmp_path):
+    """int8 kernels differ by CPU; they must still compute the same function. Under qemu's default
+    'max' CPU they did not (garbage outputs): the target emulates a Cortex-A76 instead."""
+    from export.quantize import quantize_int8_dynamic
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 8 * 8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).eval()
+    src = export_onnx(model, tmp_path / "cnn.onnx", (1, 16, 16))
+    x = np.random.default_rng(0).standard_normal((64, 1, 16, 16)).astype(np.float32)
+    files = {"onnx_int8_dynamic": quantize_int8_dynamic(src, tmp_path / "cnn.int8_dynamic.onnx")}
+    files.update(onnx_to_tflite(src, tmp_path, "cnn", ("int8",), x.transpose(0, 2, 3, 1)))
+    for name, path in files.items():
+        arm = np.asarray(parse_target("qemu-aarch64").run(path, x, runs=3, warmup=1)["outputs"])
+        host = np.asarray(parse_target("host").run(path, x, runs=3, warmup=1)["outputs"])
+        spread = host.std()
+        assert np.sqrt(np.mean((arm - host) ** 2)) < 0.1 * spread, (name, arm[:4].ravel(), host[:4].ravel())
