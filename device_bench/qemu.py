@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_bench.targets import RUNNER, Target, TargetError
+from device_bench.targets import RUNNER, Target, TargetError, max_seconds_args
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,8 @@ class QemuAarch64Target(Target):
     def fingerprint(self) -> str:
         return f"qemu-aarch64:{recipe_hash()}"  # the sysroot recipe, emulated CPU model included
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+            max_seconds=None) -> dict:
         model = self.existing_model(model)
         qemu = find_qemu()
         if qemu is None:
@@ -323,7 +324,8 @@ class QemuAarch64Target(Target):
             env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8", "TMPDIR": str(work)}
             cmd = [qemu, "-cpu", CPU_MODEL, "-L", str(root), str(root / "usr/bin" / PYTHON), "-I", "runner.py",
                    "--model", model.name, "--inputs", "inputs.npz", "--threads", str(threads),
-                   "--warmup", str(warmup), "--runs", str(runs), "--batch", str(batch), "--json", str(out)]
+                   "--warmup", str(warmup), "--runs", str(runs), "--batch", str(batch), "--json", str(out),
+                   *max_seconds_args(max_seconds)]
             log.debug("qemu-aarch64: benching %s (%d warm-up, %d timed runs, emulated)", model.name, warmup, runs)
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=timeout)

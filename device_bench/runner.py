@@ -168,15 +168,26 @@ def latency_stats(ms) -> dict:
     return out
 
 
-def time_model(model, x_batch: np.ndarray, warmup: int, runs: int) -> list:
+MIN_RUNS = 10
+
+
+def time_model(model, x_batch: np.ndarray, warmup: int, runs: int, max_seconds=None) -> list:
+    """Latency of ``runs`` calls after ``warmup``; with ``max_seconds``, timing stops once that budget
+    is spent (after at least MIN_RUNS runs), as LiteRT's benchmark_model --max_secs does."""
+    start = time.perf_counter()
     for _ in range(warmup):
         model(x_batch)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds / 4:
+            break
     ms = []
     clock = time.perf_counter_ns
-    for _ in range(runs):
+    start = time.perf_counter()
+    for i in range(runs):
         t0 = clock()
         model(x_batch)
         ms.append((clock() - t0) / 1e6)
+        if max_seconds is not None and i + 1 >= MIN_RUNS and time.perf_counter() - start > max_seconds:
+            break
     return ms
 
 
@@ -219,7 +230,8 @@ def platform_info() -> dict:
     }
 
 
-def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=1, runtime="auto") -> dict:
+def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=1, runtime="auto",
+          max_seconds=None) -> dict:
     t0 = time.perf_counter()
     model = load_model(model_path, threads, runtime)
     create_ms = (time.perf_counter() - t0) * 1e3
@@ -231,7 +243,7 @@ def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=
     t0 = time.perf_counter()
     model(x_batch)
     first_ms = (time.perf_counter() - t0) * 1e3
-    ms = time_model(model, x_batch, warmup, runs)
+    ms = time_model(model, x_batch, warmup, runs, max_seconds)
     stats = latency_stats(ms)
     outputs = predict_all(model, x.astype(np.float32))
     return {
@@ -243,7 +255,8 @@ def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=
         "threads": threads,
         "batch": batch,
         "warmup": warmup,
-        "runs": runs,
+        "runs": len(ms),
+        "runs_requested": runs,
         "session_create_ms": create_ms,
         "first_inference_ms": first_ms,
         "latency_ms": stats,
@@ -265,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--max-seconds", type=float, help="stop timing after this many seconds (>= 10 runs)")
+    ap.add_argument("--eval-rows", type=int, help="outputs for the first N input rows only (default: all)")
     ap.add_argument("--json", help="write the result here instead of stdout")
     args = ap.parse_args(argv)
     for p in (args.model, args.inputs):
@@ -273,8 +288,11 @@ def main(argv=None) -> int:
             return 2
     with np.load(args.inputs) as z:
         x = z["x"]
+    if args.eval_rows:
+        x = x[: args.eval_rows]
     try:
-        result = bench(args.model, x, args.threads, args.warmup, args.runs, args.batch, args.runtime)
+        result = bench(args.model, x, args.threads, args.warmup, args.runs, args.batch, args.runtime,
+                       args.max_seconds)
     except ImportError as exc:
         print("error: missing runtime: %s" % exc, file=sys.stderr)
         return 3

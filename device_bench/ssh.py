@@ -220,7 +220,8 @@ class SshTarget(Target):
                               f"{_tail(proc.stderr or proc.stdout)}")
         return lines[-1]
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+            max_seconds=None) -> dict:
         model = Path(model)
         if not model.exists():
             raise TargetError(f"model file {model} does not exist")
@@ -242,7 +243,8 @@ class SshTarget(Target):
                 q = shlex.quote
                 cmd = (f"cd {q(remote)} && {q(self.python)} runner.py --model {q(model.name)} --inputs inputs.npz "
                        f"--threads {int(threads)} --warmup {int(warmup)} --runs {int(runs)} --batch {int(batch)} "
-                       f"--json result.json")
+                       + (f"--max-seconds {float(max_seconds)} " if max_seconds is not None else "")
+                       + "--json result.json")
                 proc = self._ssh(cmd, f"running {model.name}", timeout=timeout)
                 if proc.returncode == 3 and "missing runtime" in proc.stderr:
                     raise TargetError(f"{self.python} on {self.where} lacks the runtime for {model.name} "

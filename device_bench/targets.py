@@ -60,7 +60,8 @@ class Target:
             raise TargetError(f"model file {model} does not exist")
         return model
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+            max_seconds=None) -> dict:
         raise NotImplementedError
 
 
@@ -83,7 +84,8 @@ class HostTarget(Target):
                 versions.append(f"{pkg}=none")
         return f"host:{platform.machine()}:{sys.version.split()[0]}:{','.join(versions)}"
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600) -> dict:
+    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+            max_seconds=None) -> dict:
         model = self.existing_model(model)
         with tempfile.TemporaryDirectory(prefix="pocketkd-bench-") as tmp:
             inputs = Path(tmp) / "inputs.npz"
@@ -91,7 +93,7 @@ class HostTarget(Target):
             np.savez(inputs, x=np.asarray(x, dtype=np.float32))
             cmd = [sys.executable, str(RUNNER), "--model", str(model), "--inputs", str(inputs),
                    "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
-                   "--batch", str(batch), "--json", str(out)]
+                   "--batch", str(batch), "--json", str(out), *max_seconds_args(max_seconds)]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -118,6 +120,10 @@ def parse_target(spec: str) -> Target:
     if cls is None:
         raise TargetError(f"unknown bench target {spec!r}; allowed: {allowed_forms()}")
     return cls(spec)
+
+
+def max_seconds_args(max_seconds) -> list[str]:
+    return [] if max_seconds is None else ["--max-seconds", str(float(max_seconds))]
 
 
 def have(cmd: str) -> bool:

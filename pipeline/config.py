@@ -224,6 +224,12 @@ class BenchConfig(_Strict):
     warmup: int = Field(50, ge=0, description="untimed runs before timing")
     runs: int = Field(300, ge=1, description="timed batch-1 runs")
     batch: int = Field(1, ge=1, description="batch size of the timed runs")
+    max_seconds: float = Field(
+        60.0, gt=0, description="per file and target: stop timing after this many seconds (at least 10 runs)"
+    )
+    emulated_teacher_rows: int = Field(
+        64, ge=1, description="test rows the teacher predicts on emulated targets (fp32 parity only; it is slow)"
+    )
 
     @field_validator("targets")
     @classmethod
