@@ -219,7 +219,9 @@ class BenchConfig(_Strict):
     formats: list[str] = Field(
         [], description="formats to bench (empty: every exported file that runs); the teacher's ONNX is always included"
     )
-    parity_atol: float = Field(1e-5, gt=0, description="fp32 outputs on a target must match the host's this closely")
+    parity_atol: float = Field(
+        1e-5, gt=0, description="fp32 outputs on a target must match the host's within this x max(1, max |output|)"
+    )
     threads: int = Field(1, ge=1, description="intra-op threads of the runtime")
     warmup: int = Field(50, ge=0, description="untimed runs before timing")
     runs: int = Field(300, ge=1, description="timed batch-1 runs")
