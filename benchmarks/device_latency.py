@@ -87,7 +87,7 @@ def main() -> int:
              f"Regenerate: `python benchmarks/device_latency.py` (on {machine()}); runs land in `runs/bench-*`.", ""]
     for name in args.cases.split(","):
         export, report, secs = run_case(name, CASES[name], args.runs)
-        lines += section(f"{name} ({secs / 60:.1f} min end to end)", export, report)
+        lines += section(f"{name} ({secs / 60:.1f} min for this invocation; cached stages are skipped)", export, report)
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
