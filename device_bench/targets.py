@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,10 +123,6 @@ def parse_target(spec: str) -> Target:
 
 def max_seconds_args(max_seconds) -> list[str]:
     return [] if max_seconds is None else ["--max-seconds", str(float(max_seconds))]
-
-
-def have(cmd: str) -> bool:
-    return shutil.which(cmd) is not None
 
 
 # Registered last: these modules import Target and TargetError from here.

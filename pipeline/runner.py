@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -38,7 +38,6 @@ CONFIG_FILE = "config.yaml"
 class Context:
     run_dir: Path
     cfg: Config
-    info: dict = field(default_factory=dict)  # what a stage wants to tell the CLI (summary rows)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
