@@ -19,6 +19,22 @@ SMALL = {
 }
 
 
+def tiny_onnx_model(directory, seed=0, rows=50):
+    """A small real MLP exported to ONNX, its evaluation inputs and PyTorch's outputs on them."""
+    import numpy as np
+    import torch
+
+    from export.onnx_export import export_onnx
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).eval()
+    path = export_onnx(model, Path(directory) / "tiny.onnx", 1)
+    x = np.linspace(-1, 1, rows, dtype=np.float32).reshape(-1, 1)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    return path, x, ref
+
+
 def run_cli(*args, cwd=None, timeout=900):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,

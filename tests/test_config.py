@@ -85,20 +85,20 @@ def test_cli_unknown_key_in_file(tmp_path):
     _assert_clean_failure(proc, out, "teacher.hiddne", "hidden")
 
 
-def test_cli_out_of_range_and_negative_epochs(tmp_path):
+@pytest.mark.parametrize(
+    "sets, pieces",
+    [
+        (["data.noise.outlier_fraction=1.5"], ["data.noise.outlier_fraction", "1.5"]),
+        (["distill.train.epochs=-1"], ["distill.train.epochs", "-1"]),
+        (["data.n_train=lots"], ["data.n_train", "integer"]),
+        (["data.n_train"], ["KEY=VALUE"]),
+    ],
+)
+def test_cli_bad_set_values(tmp_path, sets, pieces):
     out = tmp_path / "out"
-    proc = run_cli("run", "--set", "data.noise.outlier_fraction=1.5", "--out", out)
-    _assert_clean_failure(proc, out, "data.noise.outlier_fraction", "1.5")
-    proc = run_cli("run", "--set", "distill.train.epochs=-1", "--out", out)
-    _assert_clean_failure(proc, out, "distill.train.epochs", "-1")
-
-
-def test_cli_wrong_type_and_bad_set_syntax(tmp_path):
-    out = tmp_path / "out"
-    proc = run_cli("run", "--set", "data.n_train=lots", "--out", out)
-    _assert_clean_failure(proc, out, "data.n_train", "integer")
-    proc = run_cli("run", "--set", "data.n_train", "--out", out)
-    _assert_clean_failure(proc, out, "KEY=VALUE")
+    args = [a for s in sets for a in ("--set", s)]
+    proc = run_cli("run", *args, "--out", out)
+    _assert_clean_failure(proc, out, *pieces)
 
 
 def test_cli_student_too_big_for_teacher(tmp_path):

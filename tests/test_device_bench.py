@@ -6,24 +6,15 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from device_bench import TargetError, parse_target
 from device_bench.runner import latency_stats
-from export.onnx_export import export_onnx
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_onnx_model
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).eval()
-    path = tmp_path_factory.mktemp("m") / "tiny.onnx"
-    export_onnx(model, path, 1)
-    x = np.linspace(-1, 1, 50, dtype=np.float32).reshape(-1, 1)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    return path, x, ref
+    return tiny_onnx_model(tmp_path_factory.mktemp("m"), seed=0, rows=50)
 
 
 def test_runner_script_runs_standalone_with_only_numpy_and_a_runtime(tiny_onnx, tmp_path):

@@ -13,11 +13,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from device_bench import TargetError, parse_target
-from export.onnx_export import export_onnx
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_onnx_model
 
 SSHD = shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/local/sbin")
 NO_SSHD = "sshd not installed (apt-get install openssh-server)"
@@ -82,14 +80,7 @@ Subsystem sftp {sftp}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).eval()
-    path = tmp_path_factory.mktemp("ssh-model") / "tiny.onnx"
-    export_onnx(model, path, 1)
-    x = np.linspace(-1, 1, 40, dtype=np.float32).reshape(-1, 1)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    return path, x, ref
+    return tiny_onnx_model(tmp_path_factory.mktemp("ssh-model"), seed=1, rows=40)
 
 
 @pytest.fixture(scope="module")
