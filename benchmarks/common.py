@@ -34,7 +34,7 @@ def machine() -> str:
 
 def teacher_and_targets(cfg: Config) -> tuple[Splits, dict[str, np.ndarray], float]:
     splits = make_dataset(cfg.data, cfg.seed)
-    _, _, preds = train_teacher(cfg, splits)
+    _, _, preds, _ = train_teacher(cfg, splits)
     return splits, preds, rmse(preds["test"], splits.y_clean["test"])
 
 

@@ -22,7 +22,7 @@ Model files with a **fixed input shape** (batch {batch}), ready for ONNX Runtime
 `.onnx`) and LiteRT (`.tflite`). `metadata.json` describes every file: input/output names,
 shapes, dtypes, layout, int8 scale/zero-point, sha256. Task: {task}.
 
-| file | runtime | precision | input | layout | output | size | test RMSE |
+| file | runtime | precision | input | layout | output | size | test metric |
 |---|---|---|---|---|---|---|---|
 {table}
 
@@ -127,7 +127,7 @@ def write_bundle(bundle_dir: Path, rows: list[dict], meta: dict) -> dict:
     files = []
     for r in rows:
         entry = {k: r.get(k) for k in ("file", "format", "runtime", "precision", "status", "size_bytes", "sha256",
-                                       "io", "rmse", "max_abs_diff_vs_torch", "mobile_usability",
+                                       "io", "rmse", "accuracy", "max_abs_diff_vs_torch", "mobile_usability",
                                        "builtin_ops_only", "error")}
         files.append({k: v for k, v in entry.items() if v is not None})
     extra = [p.name for p in (bundle_dir / "required_operators.config",) if p.exists()]
@@ -138,13 +138,19 @@ def write_bundle(bundle_dir: Path, rows: list[dict], meta: dict) -> dict:
     return metadata
 
 
+def _metric(row: dict) -> str:
+    if "accuracy" in row:
+        return f"accuracy {row['accuracy']:.4f}"
+    return f"RMSE {row['rmse']:.4g}" if "rmse" in row else "–"
+
+
 def _readme(rows: list[dict], meta: dict) -> str:
     ok = [r for r in rows if "io" in r]
     by = {r["format"]: r for r in ok}
     table = "\n".join(
         f"| `{r['file']}` | {r['runtime']} | {r['precision']} | {r['io']['input']['dtype']} "
         f"{r['io']['input']['shape']} | {r['io']['input'].get('layout', '')} | {r['io']['output']['dtype']} "
-        f"{r['io']['output']['shape']} | {r['size_bytes']:,} B | {r['rmse']:.4g} ({r['status']}) |"
+        f"{r['io']['output']['shape']} | {r['size_bytes']:,} B | {_metric(r)} ({r['status']}) |"
         for r in ok
     )
     onnx_row = by.get("ort_fp32") or by.get("onnx_fp32") or next(iter(ok), None)

@@ -31,7 +31,7 @@ from export.tflite import non_builtin_ops, onnx_to_tflite, tflite_ops
 from pipeline.config import ExportConfig
 from pipeline.errors import ParityError
 from pipeline.io import sha256_file
-from pipeline.metrics import max_abs_diff, regression_metrics
+from pipeline.metrics import max_abs_diff, task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,16 @@ class ExportJob:
     out_dir: Path
     input_shape: tuple[int, ...]  # one input, without the batch axis (PyTorch layout)
     x_eval: np.ndarray  # model-ready evaluation inputs (clean test split)
-    y_eval: np.ndarray  # clean test labels
+    y_eval: np.ndarray  # clean test labels (regression targets, or class indices)
     x_calib: np.ndarray  # calibration inputs (training split)
     cfg: ExportConfig
     stem: str = "student"
     metadata: dict[str, str] = field(default_factory=dict)
     batch: int | None = None  # None: dynamic batch axis; an int: fixed (mobile bundle)
+    task: str = "regression"  # or "classification": outputs are logits, the metric is accuracy
+    abstain: bool = False  # classification: the last output is the gambler's abstain option
+    angles: bool = False  # regression outputs are (pitch, yaw) radians: angular error is reported
+    output_names: list[str] = field(default_factory=list)
     tflite_variants: tuple[str, ...] = ("fp32", "fp16")  # what one onnx2tf run should write
     _tflite: dict[str, Path] | Exception | None = None
     _ort: dict[str, Path] | None = None
@@ -196,18 +200,29 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         "n_outputs": model.n_outputs,
         "io": _io_description(model),
         "max_abs_diff_vs_torch": max_abs_diff(out, ref),
-        **regression_metrics(out, job.y_eval),
+        **task_metrics(out, job.y_eval, job.task, job.abstain, job.angles, job.output_names),
     }
     problems, over = [], []
     if model.n_outputs != 1:
         problems.append(f"has {model.n_outputs} outputs, expected exactly 1")
-    torch_rmse = regression_metrics(ref, job.y_eval)["rmse"]
-    row["rmse_ratio_vs_torch"] = row["rmse"] / torch_rmse if torch_rmse else None
+    torch_metrics = task_metrics(ref, job.y_eval, job.task, job.abstain)
+    limits = job.cfg.limits
+    if job.task == "classification":
+        row["accuracy_drop_vs_torch"] = torch_metrics["accuracy"] - row["accuracy"]
+        row["argmax_agreement_vs_torch"] = float(np.mean(out.argmax(1) == ref.argmax(1)))
+    else:
+        torch_rmse = torch_metrics["rmse"]
+        row["rmse_ratio_vs_torch"] = row["rmse"] / torch_rmse if torch_rmse else None
     if fmt.strict:
         if row["max_abs_diff_vs_torch"] > job.cfg.parity_atol:
             problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {job.cfg.parity_atol:g}")
+    elif job.task == "classification":
+        limit = limits.fp16_accuracy_drop if fmt.precision == "fp16" else limits.int8_accuracy_drop
+        row["accuracy_drop_limit"] = limit
+        if row["accuracy_drop_vs_torch"] > limit:
+            over.append(f"accuracy {row['accuracy_drop_vs_torch']:.4f} below the PyTorch student's, limit {limit:g}")
     else:
-        limit = job.cfg.limits.fp16_rmse_ratio if fmt.precision == "fp16" else job.cfg.limits.int8_rmse_ratio
+        limit = limits.fp16_rmse_ratio if fmt.precision == "fp16" else limits.int8_rmse_ratio
         row["rmse_ratio_limit"] = limit
         if row["rmse_ratio_vs_torch"] is not None and row["rmse_ratio_vs_torch"] > limit:
             over.append(f"RMSE {row['rmse_ratio_vs_torch']:.3f}x the PyTorch student's, limit {limit:g}x")
@@ -247,7 +262,9 @@ def export_all(job: ExportJob, names: list[str]) -> list[dict]:
             row.update(status="export_failed", error=f"{type(exc).__name__}: {str(exc)[:2000]}")
         log.info(
             "export %-8s %-20s %-12s%s%s", job.stem, name, row["status"],
-            f" max|diff|={row['max_abs_diff_vs_torch']:.2e} rmse={row['rmse']:.4g}" if "rmse" in row else "",
+            f" max|diff|={row['max_abs_diff_vs_torch']:.2e} " + (
+                f"rmse={row['rmse']:.4g}" if "rmse" in row else f"accuracy={row.get('accuracy', float('nan')):.4f}")
+            if "max_abs_diff_vs_torch" in row else "",
             f"  ({row['error'].strip().splitlines()[-1][:200]})" if row.get("error") else "",
         )
         rows.append(row)

@@ -16,13 +16,14 @@ HEADS = ("label", "teacher")
 class TwoHeadStudent(nn.Module):
     """Shared backbone; ``label_head`` fits the (noisy) labels, ``teacher_head`` the teacher's outputs.
 
-    ``forward`` returns both heads as a tuple (label, teacher), each (N, out_features).
+    ``forward`` returns both heads as a tuple (label, teacher), each (N, out_features); the label head
+    may be wider (``label_features``, e.g. m classes + 1 abstain output).
     """
 
-    def __init__(self, backbone: nn.Module, out_features: int = 1):
+    def __init__(self, backbone: nn.Module, out_features: int = 1, label_features: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.label_head = nn.Linear(backbone.out_features, out_features)
+        self.label_head = nn.Linear(backbone.out_features, label_features or out_features)
         self.teacher_head = nn.Linear(backbone.out_features, out_features)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run", required=True, help="run directory")
 
     exp = sub.add_parser("export", help="export an already-trained student (no retraining)")
-    exp.add_argument("--run", required=True, help="run directory holding student.pt, teacher.pt, data.npz")
+    exp.add_argument("--run", required=True, help="run directory holding student.pt, teacher.json, data.npz")
     exp.add_argument("--formats", nargs="+", metavar="FORMAT", help="formats to write (default: the run's config)")
     exp.add_argument("--out", help="output directory (default: the run directory)")
     exp.add_argument("--no-android", action="store_true", help="skip the Android bundle")
@@ -65,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from pipeline import distributed
     from pipeline.config import load_config
     from pipeline.report import short_table
     from pipeline.stages import check_model_sizes, default_runner, resolve_targets
 
+    distributed.init_from_env()  # under torchrun: join the other ranks; only rank 0 logs at INFO
     cfg = load_config(args.config, args.overrides)  # validated before anything is written
     cfg, notes = resolve_targets(cfg)
     for note in notes:
@@ -82,6 +84,8 @@ def cmd_run(args) -> int:
     log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,
              sizes["teacher_params"], sizes["student_params"], sizes["deployed_params"])
     results, _ = runner.run(run_dir, cfg, force=args.force, start=args.start, only=args.only)
+    if not distributed.is_main():  # under torchrun: rank 0 prints the results
+        return 0
     print()
     print("stages: " + ", ".join(f"{r.name} ({r.status}{f' {r.seconds:.1f}s' if r.status == 'ran' else ''})"
                                  for r in results))
@@ -115,7 +119,7 @@ def cmd_export(args) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
-    for name in ("student.pt", "teacher.pt", "data.npz"):
+    for name in ("student.pt", "teacher.json", "data.npz"):
         if not (run_dir / name).exists():
             raise UserError(f"{run_dir / name} is missing: run the pipeline up to the 'student' stage first")
     formats = args.formats
@@ -130,11 +134,12 @@ def cmd_export(args) -> int:
     result = export_student(cfg, run_dir, out_dir, list(formats or cfg.export.formats),
                             cfg.export.android.enabled and not args.no_android)
     atomic_write_json(out_dir / "export.json", result)
-    print(f"{'model':<8} {'format':<22} {'file':<30} {'status':<14} {'max|diff|':>10} {'RMSE':>9}")
+    key = "accuracy" if any("accuracy" in r for r in result["formats"]) else "rmse"
+    print(f"{'model':<8} {'format':<22} {'file':<30} {'status':<14} {'max|diff|':>10} {key:>9}")
     for r in result["formats"] + result.get("android", []):
         where = "android/" if r in result.get("android", []) else ""
         print(f"{r['model']:<8} {r['format']:<22} {where + r.get('file', '-'):<30} {r['status']:<14} "
-              f"{r.get('max_abs_diff_vs_torch', float('nan')):>10.2e} {r.get('rmse', float('nan')):>9.4f}")
+              f"{r.get('max_abs_diff_vs_torch', float('nan')):>10.2e} {r.get(key, float('nan')):>9.4f}")
     print(f"\nexport: {out_dir / 'export.json'}" + (f"; bundle: {out_dir / 'android'}" if "android" in result else ""))
     return 0
 

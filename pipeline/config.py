@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
+from pipeline.sources import SourceConfig
 
 DEFAULT_CONFIG = "default.yaml"
 
@@ -35,6 +36,12 @@ class NoiseConfig(_Strict):
     )
     outlier_low: float = Field(-5.0, description="outlier labels are drawn uniformly from [outlier_low, outlier_high]")
     outlier_high: float = Field(5.0, description="upper end of the outlier range")
+    label_noise: float = Field(
+        0.0, ge=0, lt=1, description="classification: fraction of train/val labels flipped to a wrong class"
+    )
+    label_noise_type: Literal["symmetric", "pair"] = Field(
+        "symmetric", description="classification: flip to a uniformly drawn other class, or class c -> c+1 (mod m)"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> NoiseConfig:
@@ -46,8 +53,13 @@ class NoiseConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["sinusoid", "digits_rotation"] = Field(
-        "sinusoid", description="data set (registry: pipeline.data.DATASETS)"
+    name: Literal["sinusoid", "digits_rotation", "digits", "source"] = Field(
+        "sinusoid",
+        description="data set (registry: pipeline.data.DATASETS); digits is a classification task; "
+        "source: your own data, described under data.source (docs/DATA.md)",
+    )
+    source: SourceConfig | None = Field(
+        None, description="data.name=source: kind csv | npz | image_folder | mpiigaze and its keys (docs/DATA.md)"
     )
     n_train: int = Field(2000, ge=16, description="training samples")
     n_val: int = Field(500, ge=8, description="validation samples (noisy labels, used for early stopping)")
@@ -57,7 +69,7 @@ class DataConfig(_Strict):
     amplitude: float = Field(1.0, gt=0, description="A in y = A*sin(f*x + phase)")
     frequency: float = Field(2.0, gt=0, description="f in y = A*sin(f*x + phase)")
     phase: float = Field(0.0, description="phase in y = A*sin(f*x + phase)")
-    image_size: int = Field(16, ge=8, le=64, description="digits_rotation: 8x8 digits are resized to this size")
+    image_size: int = Field(16, ge=8, le=64, description="digits_rotation / digits: 8x8 digits are resized to this size")
     max_angle: float = Field(
         45.0, gt=0, le=180, description="digits_rotation: rotation angles (degrees) drawn from [-max_angle, max_angle]"
     )
@@ -67,6 +79,14 @@ class DataConfig(_Strict):
     def _interval(self) -> DataConfig:
         if self.x_max <= self.x_min:
             raise ValueError(f"x_max ({self.x_max}) must be greater than x_min ({self.x_min})")
+        if self.name == "source" and self.source is None:
+            raise ValueError("data.name is 'source' but data.source is missing; e.g. "
+                             "source: {kind: csv, path: data.csv, labels: [y]} (see docs/DATA.md)")
+        if self.name != "source" and self.source is not None:
+            raise ValueError(f"data.source is given but data.name is {self.name!r}; set data.name: source")
+        if self.name == "source" and "noise" not in self.model_fields_set:
+            # your own labels are used as they are unless you ask for injected annotation error
+            self.noise = NoiseConfig(sigma=0.0, outlier_fraction=0.0)
         return self
 
 
@@ -78,18 +98,51 @@ class TrainConfig(_Strict):
     patience: int = Field(30, ge=1, description="early stopping: epochs without validation improvement")
 
 
+class SRLConfig(_Strict):
+    """Self-regulated learning (Mishra & Sundaram): only samples the model gets wrong, or right with
+    confidence below tau, take part in the backward pass; a sample's significance is how often it did."""
+
+    enabled: bool = Field(
+        False, description="teacher: train with SRL (otherwise participation is only counted, for significance)"
+    )
+    tau: float = Field(0.9, gt=0, le=1, description="classification: confidence p_y below which a right sample takes part")
+    tolerance: float = Field(
+        1.0, gt=0, description="regression: |error| above tolerance x MAD-scale of the residuals takes part"
+    )
+
+
 class TeacherConfig(_Strict):
     backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family (registry: models.BACKBONES)")
     hidden: list[int] = Field([512, 512, 512], min_length=1, description="widths of the fully connected layers")
     channels: list[int] = Field([32, 64, 128], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
-    loss: Literal["mse", "l1", "huber"] = Field("mse", description="loss on the (noisy) labels")
+    loss: Literal["mse", "l1", "huber"] = Field(
+        "mse", description="regression loss on the (noisy) labels (classification always uses cross-entropy)"
+    )
+    srl: SRLConfig = Field(default_factory=SRLConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    onnx: str | None = Field(
+        None, description="a teacher you already have, as ONNX (any framework): its outputs are the soft targets, "
+        "no teacher is trained"
+    )
+    onnx_input: Literal["raw", "normalized"] = Field(
+        "raw", description="teacher.onnx expects raw inputs (as in your data) or pocketkd's standardised ones"
+    )
+    checkpoint: str | None = Field(
+        None, description="a PyTorch state_dict of the architecture above (backbone, hidden, channels), loaded "
+        "with weights_only=True; no teacher is trained"
+    )
 
     @model_validator(mode="after")
     def _widths(self) -> TeacherConfig:
         if any(w < 1 for w in self.hidden + self.channels):
             raise ValueError(f"hidden widths and channels must be >= 1, got {self.hidden} / {self.channels}")
+        if self.onnx and self.checkpoint:
+            raise ValueError("give either teacher.onnx or teacher.checkpoint, not both")
+        for key in ("onnx", "checkpoint"):
+            path = getattr(self, key)
+            if path and not Path(path).expanduser().is_file():
+                raise ValueError(f"teacher.{key} file {path} does not exist")
         return self
 
 
@@ -113,7 +166,40 @@ class StudentConfig(_Strict):
 
 
 class KDConfig(_Strict):
-    alpha: float = Field(0.5, ge=0, le=1, description="kd: alpha*MSE(s, y) + (1-alpha)*MSE(s, y_teacher)")
+    alpha: float = Field(
+        0.5, ge=0, le=1,
+        description="kd: alpha*MSE(s, y) + (1-alpha)*MSE(s, y_teacher); classification: alpha*CE + (1-alpha)*T^2*KL",
+    )
+    temperature: float = Field(4.0, gt=0, description="classification: softmax temperature T of Hinton KD")
+
+
+class LRConfig(_Strict):
+    eta: float = Field(0.8, gt=0, lt=1, description="lr: beta = eta / (p_max - p_y + 1) mixes the teacher into the label")
+    scale_k: float = Field(
+        2.0, gt=0, description="regression lr: target weight exp(-|y_t - y| / (scale_k x MAD-scale of residuals))"
+    )
+
+
+class DSConfig(_Strict):
+    fraction: float = Field(
+        0.6, gt=0, le=1, description="ds: fraction of training samples distilled (most reliable teacher); the rest: labels only"
+    )
+
+
+class KAConfig(_Strict):
+    payoff: float = Field(
+        0.0, ge=0, description="ka_gambler: gambler payoff o in (1, m); 0 = automatic, (1 + m) / 2"
+    )
+
+
+class SignificanceConfig(_Strict):
+    min_weight: float = Field(
+        0.2, ge=0, lt=1, description="significance / hybrid: samples below this normalised significance are left out"
+    )
+
+
+class RegulatedConfig(_Strict):
+    tau: float = Field(0.9, gt=0, le=1, description="regulated / hybrid: the student skips samples it gets right with p_y >= tau")
 
 
 class TORConfig(_Strict):
@@ -141,6 +227,11 @@ class DistillConfig(_Strict):
     kd: KDConfig = Field(default_factory=KDConfig)
     tor: TORConfig = Field(default_factory=TORConfig)
     tor_mt: TORMTConfig = Field(default_factory=TORMTConfig)
+    lr: LRConfig = Field(default_factory=LRConfig)
+    ds: DSConfig = Field(default_factory=DSConfig)
+    ka: KAConfig = Field(default_factory=KAConfig)
+    significance: SignificanceConfig = Field(default_factory=SignificanceConfig)
+    regulated: RegulatedConfig = Field(default_factory=RegulatedConfig)
 
     @field_validator("method")
     @classmethod
@@ -177,6 +268,8 @@ class Int8Config(_Strict):
 class LimitsConfig(_Strict):
     fp16_rmse_ratio: float = Field(1.01, ge=1, description="fp16 files: RMSE at most this x the PyTorch student's")
     int8_rmse_ratio: float = Field(1.05, ge=1, description="int8 files: RMSE at most this x the PyTorch student's")
+    fp16_accuracy_drop: float = Field(0.005, ge=0, le=1, description="classification, fp16 files: accuracy at most this below PyTorch's")
+    int8_accuracy_drop: float = Field(0.01, ge=0, le=1, description="classification, int8 files: accuracy at most this below PyTorch's")
 
 
 ALL_FORMATS = ["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
@@ -255,6 +348,22 @@ class Config(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
+    @model_validator(mode="after")
+    def _methods_fit_task(self) -> Config:
+        from pipeline.data import task_of
+        from pipeline.methods import METHODS
+
+        task = task_of(self.data)
+        for key, name in [("distill.method", self.distill.method)] + [
+                ("distill.baselines", b) for b in self.distill.baselines]:
+            if task not in METHODS[name].tasks:
+                ok = sorted(n for n, m in METHODS.items() if task in m.tasks)
+                raise ValueError(f"{key}: method {name!r} does not work on {task} data ({self.data.name}); "
+                                 f"allowed for {task}: {', '.join(ok)}")
+        if task == "classification" and self.student.keep_head != "label":
+            raise ValueError("student.keep_head: classification students deploy the label head; use 'label'")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -288,6 +397,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys, got a {type(data).__name__}")
     return data
+
+
+def _resolve_source_paths(tree: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative data.source paths (and teacher.onnx / teacher.checkpoint) in a config file are relative
+    to that file's directory; they are stored absolute so the run directory's config.yaml still works."""
+    def fix(node: Any, keys: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        for key in keys:
+            value = node.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                node[key] = str((base / value).resolve())
+
+    fix((tree.get("data") or {}).get("source") if isinstance(tree.get("data"), dict) else None, ("path", "root"))
+    fix(tree.get("teacher"), ("onnx", "checkpoint"))
+    return tree
 
 
 def default_config_dict() -> dict[str, Any]:
@@ -360,7 +485,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     source = "default config"
     if path is not None:
         path = Path(path)
-        tree = _deep_merge(tree, _read_yaml(path))
+        tree = _deep_merge(tree, _resolve_source_paths(_read_yaml(path), path.parent))
         source = str(path)
     for assignment in overrides:
         _apply_override(tree, assignment)

@@ -7,7 +7,7 @@ only, and the test split is always clean.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,9 +30,30 @@ class Splits:
     x_mean: np.ndarray  # (d,)
     x_std: np.ndarray  # (d,)
     x_raw: dict[str, np.ndarray]  # split -> (n, d) float32, before normalisation (for plots)
+    n_classes: int = 0  # 0: regression, y (n, k) float32; m > 0: classification, y (n,) int64 class indices
+    output_names: list[str] = field(default_factory=list)  # k names of the regression outputs
+    angles: bool = False  # the outputs are (pitch, yaw) gaze angles in radians: angular error is reported
+    description: str = ""  # where the data came from, one line
+    # Regression labels are learned in standardised units, (y - y_mean) / y_std, and the output layers
+    # are rescaled afterwards, so deployed models predict in label units. Identity for the built-in sets.
+    y_mean: np.ndarray | None = None
+    y_std: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.n_classes else "regression"
+
+    @property
+    def out_features(self) -> int:
+        """Outputs of a model on this data: m logits, or k regression targets."""
+        return self.n_classes or int(self.y["train"].shape[1])
 
     def save(self, path: Path) -> None:
-        arrays = {"x_mean": self.x_mean, "x_std": self.x_std}
+        arrays = {"x_mean": self.x_mean, "x_std": self.x_std, "n_classes": np.array(self.n_classes),
+                  "output_names": np.array(self.output_names, dtype=str), "angles": np.array(self.angles),
+                  "description": np.array(self.description)}
+        if self.y_mean is not None:
+            arrays.update(y_mean=self.y_mean, y_std=self.y_std)
         for s in SPLITS:
             arrays.update(
                 {
@@ -57,6 +78,12 @@ class Splits:
                 x_mean=z["x_mean"],
                 x_std=z["x_std"],
                 x_raw=pick("x_raw"),
+                n_classes=int(z["n_classes"]) if "n_classes" in z.files else 0,
+                output_names=[str(v) for v in z["output_names"]] if "output_names" in z.files else [],
+                angles=bool(z["angles"]) if "angles" in z.files else False,
+                description=str(z["description"]) if "description" in z.files else "",
+                y_mean=z["y_mean"] if "y_mean" in z.files else None,
+                y_std=z["y_std"] if "y_std" in z.files else None,
             )
 
 
@@ -72,6 +99,26 @@ def inject_noise(y_clean: np.ndarray, noise: NoiseConfig, rng: np.random.Generat
         mask[idx] = True
         y[idx] = rng.uniform(noise.outlier_low, noise.outlier_high, size=(n_out,) + y_clean.shape[1:])
     return y.astype(np.float32), mask
+
+
+def inject_label_noise(labels: np.ndarray, rate: float, kind: str, n_classes: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip exactly round(rate * n) labels: ``symmetric`` to a uniformly drawn *other* class, ``pair`` from
+    class c to c + 1 (mod m). Returns (noisy labels, flipped mask)."""
+    y = labels.astype(np.int64).copy()
+    n = len(y)
+    mask = np.zeros(n, dtype=bool)
+    k = int(round(rate * n))
+    if k:
+        idx = rng.choice(n, size=k, replace=False)
+        mask[idx] = True
+        if kind == "pair":
+            y[idx] = (y[idx] + 1) % n_classes
+        elif kind == "symmetric":
+            y[idx] = (y[idx] + rng.integers(1, n_classes, size=k)) % n_classes  # never the true class
+        else:
+            raise ValueError(f"unknown label noise {kind!r}; allowed: symmetric, pair")
+    return y, mask
 
 
 def sinusoid_target(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
@@ -94,16 +141,21 @@ def make_sinusoid(cfg: DataConfig, seed: int) -> Splits:
     return _normalised(x_raw, y, y_clean, outlier)
 
 
-def _normalised(x_raw, y, y_clean, outlier) -> Splits:
-    """Standardise with training statistics: per feature for vectors, per channel for (C, H, W) images."""
+def _normalised(x_raw, y, y_clean, outlier, n_classes: int = 0, standardise: np.ndarray | None = None) -> Splits:
+    """Standardise with training statistics: per feature for vectors, per channel for (C, H, W) images.
+    ``standardise`` (vectors) marks the columns to standardise; the others (one-hot) are left as they are."""
     train = x_raw["train"]
     axes = (0,) if train.ndim == 2 else (0, *range(2, train.ndim))
     mean = train.mean(axis=axes)
     std = train.std(axis=axes)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
+    if standardise is not None:
+        mean = np.where(standardise, mean, 0.0)
+        std = np.where(standardise, std, 1.0).astype(np.float32)
     shape = (1, -1) + (1,) * (train.ndim - 2)
     x = {s: ((v - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32) for s, v in x_raw.items()}
-    return Splits(x=x, y=y, y_clean=y_clean, outlier=outlier, x_mean=mean.astype(np.float32), x_std=std, x_raw=x_raw)
+    return Splits(x=x, y=y, y_clean=y_clean, outlier=outlier, x_mean=mean.astype(np.float32), x_std=std, x_raw=x_raw,
+                  n_classes=n_classes)
 
 
 def make_digits_rotation(cfg: DataConfig, seed: int) -> Splits:
@@ -140,21 +192,111 @@ def make_digits_rotation(cfg: DataConfig, seed: int) -> Splits:
     return _normalised(x_raw, y, y_clean, outlier)
 
 
+def _digit_images(size: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # 1,797 real 8x8 images; ships inside scikit-learn
+    images = d.images.astype(np.float32) / 16.0
+    if size != 8:
+        images = np.stack([ndimage.zoom(im, size / 8.0, order=1) for im in images]).clip(0, 1)
+    return images.astype(np.float32), d.target.astype(np.int64)
+
+
+def make_digits(cfg: DataConfig, seed: int) -> Splits:
+    """Classification of scikit-learn's 1,797 real 8x8 digit images (10 classes), resized to
+    ``image_size``. Every image is used once: a stratified 60/15/25 % train/val/test split (``n_train``
+    etc. do not apply). Train and val labels are flipped at rate ``noise.label_noise``; test stays clean."""
+    from sklearn.model_selection import train_test_split
+
+    images, labels = _digit_images(cfg.image_size)
+    idx = np.arange(len(labels))
+    tr, rest = train_test_split(idx, train_size=0.6, stratify=labels, random_state=seed)
+    va, te = train_test_split(rest, train_size=0.375, stratify=labels[rest], random_state=seed)
+    pools = {"train": tr, "val": va, "test": te}
+    rng_noise = np.random.default_rng([seed, 1])
+    x_raw = {s: images[p][:, None] for s, p in pools.items()}
+    y_clean = {s: labels[p] for s, p in pools.items()}
+    y, flipped = {}, {}
+    for s in ("train", "val"):
+        y[s], flipped[s] = inject_label_noise(y_clean[s], cfg.noise.label_noise, cfg.noise.label_noise_type, 10,
+                                              rng_noise)
+    y["test"], flipped["test"] = y_clean["test"].copy(), np.zeros(len(te), dtype=bool)
+    return _normalised(x_raw, y, y_clean, flipped, n_classes=10)
+
+
+def make_source(cfg: DataConfig, seed: int) -> Splits:
+    """Your own data (``data.source``, docs/DATA.md): read and validated by ``pipeline.sources``; annotation
+    error is injected into train/val labels only if ``data.noise`` is set; labels are learned standardised."""
+    src = _load_source(cfg, seed)
+    rng_noise = np.random.default_rng([seed, 1])
+    y, outlier = {}, {}
+    for s in ("train", "val"):
+        y[s], outlier[s] = inject_noise(src.y[s], cfg.noise, rng_noise)
+    y["test"], outlier["test"] = src.y["test"].copy(), np.zeros(len(src.y["test"]), dtype=bool)
+    splits = _normalised(src.x, y, src.y, outlier, standardise=src.standardise)
+    splits.output_names, splits.angles, splits.description = list(src.output_names), bool(src.angles), src.description
+    y_std = y["train"].std(axis=0)
+    splits.y_mean = y["train"].mean(axis=0).astype(np.float32)
+    splits.y_std = np.where(y_std > 0, y_std, 1.0).astype(np.float32)
+    return splits
+
+
+_SOURCE_CACHE: dict[str, object] = {}
+
+
+def _load_source(cfg: DataConfig, seed: int):
+    """One read of a source per process (the CLI probes its shape before the data stage reads it)."""
+    import json
+
+    from pipeline.sources import load_source
+
+    key = json.dumps([cfg.source.model_dump(mode="json"), seed], sort_keys=True)
+    if key not in _SOURCE_CACHE:
+        _SOURCE_CACHE.clear()
+        _SOURCE_CACHE[key] = load_source(cfg.source, seed)
+    return _SOURCE_CACHE[key]
+
+
+def _source_shape(cfg: DataConfig) -> tuple[int, ...]:
+    return tuple(_load_source(cfg, 0).x["train"].shape[1:])
+
+
 DATASETS: dict[str, Callable[[DataConfig, int], Splits]] = {
     "sinusoid": make_sinusoid,
     "digits_rotation": make_digits_rotation,
+    "digits": make_digits,
+    "source": make_source,
 }
 
 INPUT_SHAPES: dict[str, Callable[[DataConfig], tuple[int, ...]]] = {
     "sinusoid": lambda cfg: (1,),
     "digits_rotation": lambda cfg: (1, cfg.image_size, cfg.image_size),
+    "digits": lambda cfg: (1, cfg.image_size, cfg.image_size),
+    "source": _source_shape,
 }
+
+# classification data sets and their number of classes; every other data set is a regression
+N_CLASSES: dict[str, int] = {"digits": 10}
 
 # what one output means, for the report and the Android bundle's metadata
 OUTPUT_MEANING: dict[str, str] = {
     "sinusoid": "y = A*sin(f*x + phase), label units",
     "digits_rotation": "in-plane rotation angle of the digit, degrees (counter-clockwise)",
+    "digits": "logits of the 10 digit classes 0..9 (softmax for probabilities)",
+    "source": "the label columns of your data, in their own units",
 }
+
+
+def task_of(cfg: DataConfig) -> str:
+    return "classification" if N_CLASSES.get(cfg.name) else "regression"
+
+
+def n_outputs(cfg: DataConfig) -> int:
+    """Outputs of a model on this data, known before training (m logits, or k regression targets)."""
+    if cfg.name == "source":
+        return int(_load_source(cfg, 0).y["train"].shape[1])
+    return N_CLASSES.get(cfg.name, 1)
 
 
 def make_dataset(cfg: DataConfig, seed: int) -> Splits:

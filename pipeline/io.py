@@ -1,4 +1,8 @@
-"""Atomic file writes and content hashes: nothing is ever half-written in a run directory."""
+"""Atomic file writes and content hashes: nothing is ever half-written in a run directory.
+
+Under torchrun (``pipeline.distributed``) only rank 0 writes: on the other ranks the writes here do
+nothing and return the path, so code that runs on every rank (the training stages) needs no
+``if rank == 0`` of its own. Those ranks read what rank 0 wrote only after the runner's barrier."""
 
 from __future__ import annotations
 
@@ -7,12 +11,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
+
+from pipeline import distributed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(fileobj)`` on a temp file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
+    if not distributed.is_main():  # one writer: rank 0 (torchrun)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -36,6 +44,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    if not distributed.is_main():
+        return Path(dst)
     data = Path(src).read_bytes()
     return atomic_write(dst, lambda f: f.write(data))
 

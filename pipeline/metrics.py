@@ -31,3 +31,79 @@ def max_abs_diff(a, b) -> float:
 
 def regression_metrics(pred, target) -> dict[str, float]:
     return {"rmse": rmse(pred, target), "mae": mae(pred, target)}
+
+
+COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.5)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def selective_risk(correct: np.ndarray, abstain_score: np.ndarray, coverages=COVERAGES) -> dict[str, float]:
+    """Error rate on the kept samples at each coverage: keep the round(c * N) samples with the lowest
+    abstention score (ties: stable order). Keys are percentages, e.g. "80"."""
+    correct = np.asarray(correct, dtype=bool).ravel()
+    order = np.argsort(np.asarray(abstain_score, dtype=np.float64).ravel(), kind="stable")
+    out = {}
+    for c in coverages:
+        k = max(1, int(round(c * len(order))))
+        out[f"{round(c * 100):d}"] = float(1.0 - correct[order[:k]].mean())
+    return out
+
+
+def classification_metrics(logits, labels, abstain: bool = False) -> dict:
+    """Accuracy of (N, m) logits (an abstaining model has m + 1 outputs, the last = abstain), the
+    error rate, and selective risk at the standard coverages: by softmax confidence always, and by
+    the abstain output for an abstaining model."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    real = z[:, :-1] if abstain else z
+    p = _softmax(real)
+    correct = p.argmax(axis=1) == y
+    out = {"accuracy": float(correct.mean()), "error_rate": float(1.0 - correct.mean()),
+           "risk_softmax": selective_risk(correct, 1.0 - p.max(axis=1))}
+    if abstain:
+        out["risk_abstain"] = selective_risk(correct, _softmax(z)[:, -1])
+    return out
+
+
+def angular_error_deg(pred_py, true_py) -> np.ndarray:
+    """Per-sample angle in degrees between the 3-D gaze directions of (pitch, yaw) pairs in radians."""
+    from pipeline.sources import angular_error_deg as _angular
+
+    return _angular(np.asarray(pred_py, dtype=np.float64), np.asarray(true_py, dtype=np.float64))
+
+
+def task_metrics(pred, target, task: str = "regression", abstain: bool = False, angles: bool = False,
+                 names: list[str] | None = None) -> dict:
+    """The metrics of ``task``: rmse/mae (regression) or accuracy/error_rate/selective risk (classification).
+
+    Several regression outputs also get ``per_output`` RMSE/MAE (by name); (pitch, yaw) outputs
+    (``angles``) get the mean angular error in degrees, the MPIIGaze metric."""
+    if task == "classification":
+        return classification_metrics(pred, target, abstain)
+    t = np.asarray(target)
+    t = t.reshape(len(t), -1)
+    p = np.asarray(pred).reshape(len(t), -1)
+    log_var = None
+    if abstain:  # mean / log-variance student: k means, then k log-variances
+        k = t.shape[1]
+        p, log_var = p[:, :k], p[:, k : 2 * k]
+    out = regression_metrics(p, t)
+    if log_var is not None:
+        err2 = ((p - t) ** 2).mean(axis=1)
+        order = np.argsort(log_var.mean(axis=1), kind="stable")  # abstain on the largest predicted variance
+        out["rmse_at_coverage"] = {f"{round(c * 100):d}": float(np.sqrt(err2[order[: max(1, int(round(c * len(t))))]]
+                                                                        .mean())) for c in COVERAGES}
+    if t.ndim == 2 and t.shape[1] > 1:
+        p = np.asarray(pred).reshape(t.shape)
+        names = names if names and len(names) == t.shape[1] else [f"y{i}" for i in range(t.shape[1])]
+        out["per_output"] = {n: regression_metrics(p[:, i], t[:, i]) for i, n in enumerate(names)}
+        if angles:
+            err = angular_error_deg(p[:, :2], t[:, :2])
+            out["angular_error_deg"] = float(err.mean())
+            out["angular_error_deg_median"] = float(np.median(err))
+    return out

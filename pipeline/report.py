@@ -46,6 +46,26 @@ def _f(v, digits=4) -> str:
     return str(v)
 
 
+def _task(rep: dict) -> str:
+    return rep["data"].get("task", "regression")
+
+
+def _cols(task: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(key, column title) of the two metrics shown per model: RMSE/MAE, or accuracy/risk at 80 % coverage."""
+    if task == "classification":
+        return ("accuracy", "accuracy"), ("risk80", "risk @80 % coverage")
+    return ("rmse", "RMSE"), ("mae", "MAE")
+
+
+def _metric(m: dict | None, key: str):
+    if not m:
+        return None
+    if key == "risk80":
+        r = m.get("risk_abstain") or m.get("risk_softmax") or {}
+        return r.get("80")
+    return m.get(key)
+
+
 def collect(run_dir: Path, cfg: Config) -> dict:
     data = _read(run_dir, "data.json")
     teacher = _read(run_dir, "teacher.json")
@@ -65,18 +85,19 @@ def collect(run_dir: Path, cfg: Config) -> dict:
         s = by.get(("student", "onnx_fp32"))
         q = by.get(("student", "onnx_int8"))
         if t and s:
-            summary[target] = {
-                "student_over_teacher_p50": s["latency_ms"]["p50"] / t["latency_ms"]["p50"],
-                "int8_rmse_over_fp32_rmse": (q["rmse"] / s["rmse"]) if q else None,
-            }
+            summary[target] = {"student_over_teacher_p50": s["latency_ms"]["p50"] / t["latency_ms"]["p50"]}
+            if "rmse" in s:
+                summary[target]["int8_rmse_over_fp32_rmse"] = (q["rmse"] / s["rmse"]) if q and "rmse" in q else None
+            elif "accuracy" in s:
+                summary[target]["int8_accuracy_minus_fp32"] = (q["accuracy"] - s["accuracy"]) if q else None
     return {
         "pocketkd_version": pipeline.__version__,
         "versions": versions(),
         "config_hash": cfg.hash(),
         "config": cfg.to_dict(),
         "data": data,
-        "teacher": {k: teacher.get(k) for k in ("params", "hidden", "loss", "test")}
-        | {"best_epoch": teacher.get("history", {}).get("best_epoch")},
+        "teacher": {k: teacher.get(k) for k in ("params", "hidden", "loss", "test", "origin", "srl")}
+        | {"best_epoch": (teacher.get("history") or {}).get("best_epoch")},
         "students": {
             name: {k: v for k, v in m.items() if k != "history"} | {"best_epoch": m["history"]["best_epoch"]}
             for name, m in distill.get("methods", {}).items()
@@ -91,26 +112,42 @@ def collect(run_dir: Path, cfg: Config) -> dict:
 
 def tables(rep: dict) -> list[Table]:
     out: list[Table] = []
+    task = _task(rep)
+    (k1, c1), (k2, c2) = _cols(task)
     t = rep["teacher"]
-    rows = [["teacher (PyTorch)", _f(t["params"]), "–", _f(t["test"]["rmse"]), _f(t["test"]["mae"]), "–"]]
+    rows = [[f"teacher ({t.get('origin') or 'PyTorch'})", _f(t["params"]), "–", _f(_metric(t["test"], k1)), _f(_metric(t["test"], k2)), "–",
+             "–"]]
     for name, m in rep["students"].items():
         rows.append([
             f"student `{name}`" + (" (deployed)" if m.get("deployed") else ""),
             _f(rep["sizes"]["student_params"]),
             "label",
-            _f(m["test_label_head"]["rmse"]),
-            _f(m["test_label_head"]["mae"]),
-            _f(m["test_teacher_head"]["rmse"]),
+            _f(_metric(m["test_label_head"], k1)),
+            _f(_metric(m["test_label_head"], k2)),
+            _f(_metric(m.get("test_teacher_head"), k1)),
+            _f(m.get("samples_used_share_mean"), 3),
         ])
     out.append(("Accuracy on the clean test set (PyTorch)",
-                ["model", "params", "head", "RMSE", "MAE", "teacher-head RMSE"], rows))
-    header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", "RMSE",
-              "RMSE / torch", "NNAPI as is", "builtin ops only", "note"]
+                ["model", "params", "head", c1, c2, f"teacher-head {c1}", "samples back-propagated (share)"], rows))
+    if task == "classification":
+        covs = ["100", "95", "90", "80", "70", "50"]
+        rows = [["teacher", "softmax confidence", *(_f(t["test"]["risk_softmax"][c], 3) for c in covs)]]
+        for name, m in rep["students"].items():
+            h = m["test_label_head"]
+            rows.append([name, "softmax confidence", *(_f(h["risk_softmax"][c], 3) for c in covs)])
+            if "risk_abstain" in h:
+                rows.append([name, "abstain output (gambler)", *(_f(h["risk_abstain"][c], 3) for c in covs)])
+        out.append(("Selective risk (error rate on the kept samples) at each coverage, clean test set",
+                    ["model", "abstains on", *(c + " %" for c in covs)], rows))
+    vs = ("accuracy_drop_vs_torch", "accuracy drop vs torch") if task == "classification" else (
+        "rmse_ratio_vs_torch", "RMSE / torch")
+    header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", c1,
+              vs[1], "NNAPI as is", "builtin ops only", "note"]
 
     def export_rows(rows):
         return [[r["model"], r["format"], str(r.get("batch", "")), r.get("file", "–"), _f(r.get("size_bytes")),
-                 r["status"], _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get("rmse")),
-                 _f(r.get("rmse_ratio_vs_torch"), 3), (r.get("mobile_usability") or {}).get("nnapi", "–"),
+                 r["status"], _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get(k1)),
+                 _f(r.get(vs[0]), 3), (r.get("mobile_usability") or {}).get("nnapi", "–"),
                  {True: "yes", False: "NO"}.get(r.get("builtin_ops_only"), "–"),
                  (r.get("error") or "").strip().splitlines()[-1][:160] if r.get("error") else ""]
                 for r in rows]
@@ -128,7 +165,7 @@ def tables(rep: dict) -> list[Table]:
             lat = r["latency_ms"]
             floor = r["model"] == "floor"
             rows.append([r["model"] if not floor else "runtime floor (1 ReLU)", r["format"], r["runtime"],
-                         _f(r["size_bytes"]), _f(r.get("rmse")), _f(r.get("mae")),
+                         _f(r["size_bytes"]), _f(_metric(r, k1)), _f(_metric(r, k2)),
                          _f(r.get("max_abs_diff_vs_host"), 3) if "max_abs_diff_vs_host" in r else "–",
                          _f(lat["p50"], 4), _f(lat["p90"], 4), _f(lat["p99"], 4), _f(lat["mean"], 4),
                          _f(teacher_p50 / lat["p50"], 3) + "x" if teacher_p50 and not floor else "–"])
@@ -137,7 +174,7 @@ def tables(rep: dict) -> list[Table]:
         title = (f"Latency on `{target}`{' (EMULATED under qemu: not device latency; outputs are real ARM results)' if b.get('emulated') else ''}: "
                  f"{plat.get('machine', '?')}, {plat.get('cpu', '?')}, batch {first.get('batch')}, "
                  f"{first.get('threads')} thread(s), {first.get('runs')} timed runs after {first.get('warmup')} warm-up")
-        out.append((title, ["model", "format", "runtime", "bytes", "RMSE", "MAE", "max abs diff vs host",
+        out.append((title, ["model", "format", "runtime", "bytes", c1, c2, "max abs diff vs host",
                             "p50 ms", "p90 ms", "p99 ms", "mean ms", "speed-up vs teacher"], rows))
     return out
 
@@ -150,7 +187,7 @@ def to_markdown(rep: dict, tabs: list[Table], plots: list[str]) -> str:
         + ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "pocketkd"),
         "",
         f"Data: {rep['data'].get('function', '')}; sizes {rep['data'].get('sizes')}; "
-        f"outlier labels {rep['data'].get('outliers')}.",
+        f"{'flipped' if _task(rep) == 'classification' else 'outlier'} labels {rep['data'].get('outliers')}.",
         "",
     ]
     for title, header, rows in tabs:
@@ -231,6 +268,32 @@ def _plot_pred_vs_true(plt, splits, teacher_test, student_test, cfg):
     return fig
 
 
+def _plot_coverage_risk(plt, splits, teacher_test, student_test, cfg):
+    """Classification: selective risk against coverage, by softmax confidence and (gambler) the abstain output."""
+    from pipeline.metrics import _softmax, selective_risk
+
+    y = splits.y_clean["test"]
+    covs = np.linspace(0.3, 1.0, 29)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    abstain = student_test.shape[1] == splits.n_classes + 1
+    curves = [("teacher, softmax confidence", teacher_test, None),
+              (f"student ({cfg.distill.method}), softmax confidence", student_test[:, : splits.n_classes], None)]
+    if abstain:
+        curves.append((f"student ({cfg.distill.method}), abstain output", student_test[:, : splits.n_classes],
+                       _softmax(student_test)[:, -1]))
+    for label, logits, score in curves:
+        p = _softmax(logits)
+        correct = p.argmax(1) == y
+        s = 1 - p.max(1) if score is None else score
+        r = selective_risk(correct, s, covs)
+        ax.plot(covs * 100, [r[f"{round(c * 100):d}"] for c in covs], marker=".", label=label)
+    ax.set_xlabel("coverage, % of test samples kept")
+    ax.set_ylabel("selective risk (error rate on kept samples)")
+    ax.set_title("Coverage-risk on the clean test set")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _latency_cdf(plt, run_dir: Path):
     """Empirical CDF of every timed run, one panel per target, student files and teacher."""
     files = sorted((run_dir / "bench").glob("*.json"))
@@ -269,7 +332,9 @@ def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     student = load_model(run_dir / "student.pt", cfg)
 
     student_test = predict(student, splits.x["test"])
-    if splits.x_raw["test"].ndim == 2 and splits.x_raw["test"].shape[1] == 1:
+    if splits.task == "classification":
+        fig = _plot_coverage_risk(plt, splits, teacher_test, student_test, cfg)
+    elif splits.x_raw["test"].ndim == 2 and splits.x_raw["test"].shape[1] == 1:
         fig = _plot_fit_1d(plt, splits, teacher_test, student_test, cfg)
     else:
         fig = _plot_pred_vs_true(plt, splits, teacher_test, student_test, cfg)
@@ -279,9 +344,12 @@ def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     teacher = _read(run_dir, "teacher.json")
-    axes[0].plot(teacher["history"]["train_loss"], label="train")
-    axes[0].plot(teacher["history"]["val_loss"], label="val")
-    axes[0].set_title(f"teacher ({cfg.teacher.loss} on noisy labels)")
+    if teacher.get("history"):
+        axes[0].plot(teacher["history"]["train_loss"], label="train")
+        axes[0].plot(teacher["history"]["val_loss"], label="val")
+        axes[0].set_title(f"teacher ({teacher.get('loss', cfg.teacher.loss)} on noisy labels)")
+    else:
+        axes[0].set_title(f"teacher given, not trained here: {teacher.get('origin', '')}"[:70])
     for name, m in _read(run_dir, "distill.json").get("methods", {}).items():
         axes[1].plot(m["history"]["val_loss"], label=name)
     axes[1].set_title("students: validation loss of each method's objective")
@@ -329,12 +397,13 @@ def write_report(run_dir: Path, cfg: Config) -> list[str]:
 
 
 def short_table(run_dir: Path) -> str:
-    """The few lines the CLI prints at the end of a run: RMSE, size and p50 on each target."""
+    """The few lines the CLI prints at the end of a run: the task metric, size and p50 on each target."""
     rep = json.loads((run_dir / "report.json").read_text())
+    (key, title), _ = _cols(_task(rep))
     targets = list(rep["bench"])
     by = {t: {(r["model"], r["file"]): r for r in b["results"]} for t, b in rep["bench"].items()}
     short = {t: ("qemu-arm64*" if b.get("emulated") else t)[:12] for t, b in rep["bench"].items()}
-    head = f"{'model / file':<46}{'RMSE':>9}{'bytes':>10}" + "".join(f"{'p50 ms ' + short[t]:>20}" for t in targets)
+    head = f"{'model / file':<46}{title:>9}{'bytes':>10}" + "".join(f"{'p50 ms ' + short[t]:>20}" for t in targets)
     lines = [head]
 
     def p50s(model, file):
@@ -342,14 +411,14 @@ def short_table(run_dir: Path) -> str:
                        else f"{'–':>20}" for t in targets)
 
     t = rep["teacher"]
-    lines.append(f"{'teacher.onnx':<46}{t['test']['rmse']:>9.4f}{'':>10}" + p50s("teacher", "teacher.onnx"))
+    lines.append(f"{'teacher.onnx':<46}{t['test'][key]:>9.4f}{'':>10}" + p50s("teacher", "teacher.onnx"))
     for name, m in rep["students"].items():
         if not m.get("deployed"):
-            lines.append(f"{'student ' + name + ' (PyTorch, baseline)':<46}{m['test_label_head']['rmse']:>9.4f}")
+            lines.append(f"{'student ' + name + ' (PyTorch, baseline)':<46}{m['test_label_head'][key]:>9.4f}")
     method = rep["config"]["distill"]["method"]
     for r in rep["export"].get("formats", []):
-        if r["model"] == "student" and "rmse" in r:
-            lines.append(f"{'student ' + method + ' ' + r['file']:<46}{r['rmse']:>9.4f}{r['size_bytes']:>10}"
+        if r["model"] == "student" and key in r:
+            lines.append(f"{'student ' + method + ' ' + r['file']:<46}{r[key]:>9.4f}{r['size_bytes']:>10}"
                          + p50s("student", r["file"]))
     if any(b.get("emulated") for b in rep["bench"].values()):
         lines.append("* emulated under qemu: latency is not device latency; accuracy is from ARM outputs")

@@ -8,6 +8,11 @@ the same key and every file it wrote is still there with the recorded sha256.
 
 The manifest is rewritten (atomically) after every stage: a run killed half-way resumes
 at the first unfinished stage. Files are written through ``pipeline.io.atomic_write``.
+
+Under torchrun every rank runs the runner (docs/DISTRIBUTED.md). Rank 0 makes every cache decision,
+owns the manifest and runs the ordinary stages while the others wait; a stage marked
+``distributed=True`` (the training stages) runs on every rank, on the inputs rank 0 checked. After
+each stage every rank has the same StageResult, and the files rank 0 wrote are on disk.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Callable, Iterable
 import yaml
 
 import pipeline
+from pipeline import distributed
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.io import atomic_write_json, atomic_write_text, sha256_file
@@ -53,6 +59,8 @@ class Stage:
     help: str = ""
     # what else decides the stage's results (e.g. the bench targets' runtimes): part of its cache key
     environment: Callable[[Config], str] | None = None
+    # under torchrun: run on every rank (a training stage, its loops use DDP) instead of rank 0 only
+    distributed: bool = False
 
 
 @dataclass
@@ -98,16 +106,13 @@ class Runner:
         atomic_write_json(run_dir / MANIFEST, manifest)
 
     # ------------------------------------------------------------------ keys
-    def stage_key(self, stage: Stage, run_dir: Path, cfg: Config) -> str:
-        h = hashlib.sha256()
-        h.update(f"{stage.name}:{stage.version}:{pipeline.__version__}".encode())
-        h.update(cfg.section_hash(*stage.config).encode())
-        if stage.environment is not None:
-            h.update(stage.environment(cfg).encode())
+    def input_hashes(self, stage: Stage, run_dir: Path) -> dict[str, str]:
+        """sha256 of every file the stage reads (patterns expanded, in name order)."""
+        out = {}
         for rel in stage.reads:
             if "*" in rel:  # a pattern: every matching file, in name order
                 for p in sorted(run_dir.glob(rel)):
-                    h.update(f"{p.relative_to(run_dir)}:{sha256_file(p)}".encode())
+                    out[str(p.relative_to(run_dir))] = sha256_file(p)
                 continue
             p = run_dir / rel
             if not p.exists():
@@ -115,7 +120,17 @@ class Runner:
                     f"stage '{stage.name}' needs {p}, which does not exist; run the earlier stages first "
                     f"(drop --only, or use --from)"
                 )
-            h.update(f"{rel}:{sha256_file(p)}".encode())
+            out[rel] = sha256_file(p)
+        return out
+
+    def stage_key(self, stage: Stage, run_dir: Path, cfg: Config, hashes: dict[str, str] | None = None) -> str:
+        h = hashlib.sha256()
+        h.update(f"{stage.name}:{stage.version}:{pipeline.__version__}".encode())
+        h.update(cfg.section_hash(*stage.config).encode())
+        if stage.environment is not None:
+            h.update(stage.environment(cfg).encode())
+        for rel, sha in (self.input_hashes(stage, run_dir) if hashes is None else hashes).items():
+            h.update(f"{rel}:{sha}".encode())
         return h.hexdigest()
 
     @staticmethod
@@ -142,6 +157,80 @@ class Runner:
             return self.stages, set(self.names[i:])
         return self.stages, set()
 
+    def _decide(self, stage: Stage, run_dir: Path, cfg: Config, manifest: dict, forced: set[str]
+                ) -> tuple[str, StageResult | None, dict[str, str]]:
+        """(cache key, the cached result or None, input hashes). When the stage must run, its old
+        outputs are forgotten first: a crash now must not leave them looking fresh."""
+        hashes = self.input_hashes(stage, run_dir)
+        key = self.stage_key(stage, run_dir, cfg, hashes)
+        entry = manifest["stages"].get(stage.name)
+        if stage.name not in forced and self._is_fresh(entry, key, run_dir):
+            log.info("stage %-8s cached (same config and inputs); skipped", stage.name)
+            return key, StageResult(stage.name, "cached", 0.0, list(entry["outputs"])), hashes
+        old = manifest["stages"].pop(stage.name, None)
+        self._save_manifest(run_dir, manifest, cfg)
+        for rel in (old or {}).get("outputs", {}):
+            (run_dir / rel).unlink(missing_ok=True)
+        return key, None, hashes
+
+    def _record(self, stage: Stage, key: str, outputs: list[str], seconds: float, run_dir: Path, cfg: Config,
+                manifest: dict) -> StageResult:
+        manifest["stages"][stage.name] = {
+            "key": key,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "outputs": {rel: sha256_file(run_dir / rel) for rel in outputs},
+        }
+        self._save_manifest(run_dir, manifest, cfg)
+        log.info("stage %-8s done in %.1fs", stage.name, seconds)
+        return StageResult(stage.name, "ran", seconds, list(outputs))
+
+    def _run_here(self, stage: Stage, ctx: Context, manifest: dict, forced: set[str]) -> StageResult:
+        """The whole stage in this process: cache decision, the work, the manifest."""
+        key, cached, _ = self._decide(stage, ctx.run_dir, ctx.cfg, manifest, forced)
+        if cached is not None:
+            return cached
+        log.info("stage %-8s running", stage.name)
+        t0 = time.perf_counter()
+        outputs = stage.fn(ctx)
+        return self._record(stage, key, outputs, time.perf_counter() - t0, ctx.run_dir, ctx.cfg, manifest)
+
+    def _run_on_every_rank(self, stage: Stage, ctx: Context, manifest: dict | None, forced: set[str]
+                           ) -> StageResult:
+        """A training stage under torchrun: rank 0 decides, every rank trains, rank 0 records."""
+        key, cached, hashes = distributed.on_main(lambda: self._decide(stage, ctx.run_dir, ctx.cfg, manifest, forced))
+        if cached is not None:
+            return cached
+        # every rank must read the files rank 0 checked: --out is shared by every node (same path)
+        problem = None
+        if not distributed.is_main():
+            for rel, sha in hashes.items():
+                p = ctx.run_dir / rel
+                if not p.exists() or sha256_file(p) != sha:
+                    problem = (f"rank {distributed.rank()} sees {'no' if not p.exists() else 'a different'} {p} "
+                               "than rank 0: under torchrun, --out must be a directory every node shares "
+                               "(the same path on a shared file system, e.g. NFS)")
+                    break
+        problems = [p for p in distributed.gather(problem) if p]
+        if problems:
+            raise UserError(problems[0])
+        log.info("stage %-8s running on %d processes", stage.name, distributed.world_size())
+        t0 = time.perf_counter()
+        try:
+            outputs, failure = stage.fn(ctx), None
+        except Exception as exc:
+            if not distributed.is_main():
+                raise
+            outputs, failure = [], exc
+        seconds = time.perf_counter() - t0
+
+        def record() -> StageResult:
+            if failure is not None:
+                raise failure
+            return self._record(stage, key, outputs, seconds, ctx.run_dir, ctx.cfg, manifest)
+
+        return distributed.on_main(record)  # the others wait here until rank 0 has written everything
+
     def run(
         self,
         run_dir: Path,
@@ -151,39 +240,23 @@ class Runner:
         only: list[str] | None = None,
         on_stage: Callable[[StageResult], None] | None = None,
     ) -> tuple[list[StageResult], Context]:
+        distributed.init_from_env()
+        multi = distributed.collective()  # every rank of a torchrun job is here
         chosen, forced = self.select(start, only)
         if force:
             forced = {s.name for s in chosen}
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        manifest = self.load_manifest(run_dir)
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # rank 0
+        manifest = self.load_manifest(run_dir) if distributed.is_main() else None
         ctx = Context(run_dir=run_dir, cfg=cfg)
         results = []
         for stage in chosen:
-            key = self.stage_key(stage, run_dir, cfg)
-            entry = manifest["stages"].get(stage.name)
-            if stage.name not in forced and self._is_fresh(entry, key, run_dir):
-                res = StageResult(stage.name, "cached", 0.0, list(entry["outputs"]))
-                log.info("stage %-8s cached (same config and inputs); skipped", stage.name)
-            else:
-                # forget the old outputs first: a crash now must not leave them looking fresh
-                old = manifest["stages"].pop(stage.name, None)
-                self._save_manifest(run_dir, manifest, cfg)
-                for rel in (old or {}).get("outputs", {}):
-                    (run_dir / rel).unlink(missing_ok=True)
-                log.info("stage %-8s running", stage.name)
-                t0 = time.perf_counter()
-                outputs = stage.fn(ctx)
-                seconds = time.perf_counter() - t0
-                manifest["stages"][stage.name] = {
-                    "key": key,
-                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "seconds": round(seconds, 3),
-                    "outputs": {rel: sha256_file(run_dir / rel) for rel in outputs},
-                }
-                self._save_manifest(run_dir, manifest, cfg)
-                res = StageResult(stage.name, "ran", seconds, list(outputs))
-                log.info("stage %-8s done in %.1fs", stage.name, seconds)
+            if not multi:
+                res = self._run_here(stage, ctx, manifest, forced)
+            elif stage.distributed:
+                res = self._run_on_every_rank(stage, ctx, manifest, forced)
+            else:  # rank 0 only; the others wait for its result (or its error)
+                res = distributed.on_main(lambda s=stage: self._run_here(s, ctx, manifest, forced))
             results.append(res)
             if on_stage:
                 on_stage(res)

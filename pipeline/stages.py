@@ -3,6 +3,7 @@ directory and its slice of the config, and returns the files it wrote."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -13,12 +14,13 @@ from tqdm.auto import tqdm
 
 import pipeline
 from models import Regressor, TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
+from pipeline import distributed
 from pipeline.config import Config
-from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset
+from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset, n_outputs
 from pipeline.errors import UserError
-from pipeline.io import atomic_write, atomic_write_json
-from pipeline.methods import build_method
-from pipeline.metrics import max_abs_diff, regression_metrics
+from pipeline.io import atomic_write, atomic_write_json, sha256_file
+from pipeline.methods import METHODS, TrainingSet, build_method
+from pipeline.metrics import max_abs_diff, regression_metrics, task_metrics
 from pipeline.runner import Context, Runner, Stage
 from pipeline.train import fit, predict, seed_everything
 
@@ -45,17 +47,20 @@ def build_teacher(cfg: Config, input_shape: Shape, out_features: int) -> Regress
     return Regressor(_backbone(cfg.teacher, input_shape), out_features)
 
 
-def build_student(cfg: Config, input_shape: Shape, out_features: int) -> TwoHeadStudent:
-    return TwoHeadStudent(_backbone(cfg.student, input_shape), out_features)
+def build_student(cfg: Config, input_shape: Shape, out_features: int, label_features: int | None = None
+                  ) -> TwoHeadStudent:
+    return TwoHeadStudent(_backbone(cfg.student, input_shape), out_features, label_features)
 
 
-def build_deployed(cfg: Config, input_shape: Shape, out_features: int) -> Regressor:
-    return drop_teacher_head(build_student(cfg, input_shape, out_features), cfg.student.keep_head)
+def build_deployed(cfg: Config, input_shape: Shape, out_features: int, label_features: int | None = None
+                   ) -> Regressor:
+    return drop_teacher_head(build_student(cfg, input_shape, out_features, label_features), cfg.student.keep_head)
 
 
-def save_model(path: Path, model: torch.nn.Module, kind: str, input_shape: Shape, out_features: int) -> None:
+def save_model(path: Path, model: torch.nn.Module, kind: str, input_shape: Shape, out_features: int,
+               label_features: int | None = None) -> None:
     payload = {"kind": kind, "input_shape": list(input_shape), "out_features": out_features,
-               "state_dict": model.state_dict()}
+               "label_features": label_features, "state_dict": model.state_dict()}
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -63,8 +68,13 @@ def load_model(path: Path, cfg: Config) -> torch.nn.Module:
     """A model file written by ``save_model``; a missing, truncated or foreign file is a clear error."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        builders = {"teacher": build_teacher, "student": build_student, "deployed": build_deployed}
-        model = builders[payload["kind"]](cfg, tuple(payload["input_shape"]), payload["out_features"])
+        kind, shape, out = payload["kind"], tuple(payload["input_shape"]), payload["out_features"]
+        if kind == "teacher":
+            model = build_teacher(cfg, shape, out)
+        elif kind == "student":
+            model = build_student(cfg, shape, out, payload.get("label_features"))
+        else:  # deployed: one head, out_features wide
+            model = build_deployed(cfg, shape, out)
         model.load_state_dict(payload["state_dict"])
     except FileNotFoundError:
         raise UserError(f"model file {path} does not exist") from None
@@ -74,11 +84,13 @@ def load_model(path: Path, cfg: Config) -> torch.nn.Module:
     return model.eval()
 
 
-def check_model_sizes(cfg: Config, out_features: int = 1) -> dict:
+def check_model_sizes(cfg: Config, out_features: int | None = None, shape: Shape | None = None) -> dict:
     """The student must be at most ``student.max_param_ratio`` of the teacher: checked before any work."""
-    shape = input_shape(cfg.data)
+    shape = shape or input_shape(cfg.data)
+    out_features = out_features or n_outputs(cfg.data)
     try:
-        t = count_parameters(build_teacher(cfg, shape, out_features))
+        t = (onnx_param_count(Path(cfg.teacher.onnx).expanduser()) if cfg.teacher.onnx
+             else count_parameters(build_teacher(cfg, shape, out_features)))
         s = count_parameters(build_student(cfg, shape, out_features))
         d = count_parameters(build_deployed(cfg, shape, out_features))
     except ValueError as exc:  # e.g. a cnn backbone on vector inputs
@@ -93,7 +105,39 @@ def check_model_sizes(cfg: Config, out_features: int = 1) -> dict:
 
 
 def _dims(splits: Splits) -> tuple[Shape, int]:
-    return tuple(splits.x["train"].shape[1:]), splits.y["train"].shape[1]
+    return tuple(splits.x["train"].shape[1:]), splits.out_features
+
+
+def _label_scale(splits: Splits) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) of regression labels learned in standardised units, or None (identity)."""
+    if splits.task != "regression" or splits.y_mean is None:
+        return None
+    return splits.y_mean.astype(np.float32), splits.y_std.astype(np.float32)
+
+
+def _scaled(arr: np.ndarray, scale) -> np.ndarray:
+    return arr if scale is None else ((arr - scale[0]) / scale[1]).astype(np.float32)
+
+
+@torch.no_grad()
+def _fold_scale(layer: torch.nn.Linear, scale) -> None:
+    """Make an output layer trained on (y - mean) / std predict y: W <- std * W, b <- std * b + mean."""
+    if scale is None:
+        return
+    mean, std = (torch.as_tensor(v, dtype=layer.weight.dtype) for v in scale)
+    layer.weight.mul_(std.reshape(-1, 1))
+    layer.bias.mul_(std).add_(mean)
+
+
+def deployed_abstains(cfg: Config) -> bool:
+    """True when the deployed student has an extra 'abstain' output (the gambler methods)."""
+    return METHODS[cfg.distill.method].extra_outputs > 0
+
+
+def metrics_of(cfg: Config, splits: Splits, pred: np.ndarray, abstain: bool | None = None) -> dict:
+    """The task's metrics of predictions on the clean test set."""
+    return task_metrics(pred, splits.y_clean["test"], splits.task,
+                        deployed_abstains(cfg) if abstain is None else abstain, splits.angles, splits.output_names)
 
 
 # --------------------------------------------------------------------------- stages
@@ -106,13 +150,18 @@ def stage_data(ctx: Context) -> list[str]:
     summary = {
         "dataset": cfg.data.name,
         "function": (f"y = {cfg.data.amplitude} * sin({cfg.data.frequency} * x + {cfg.data.phase})"
-                     if cfg.data.name == "sinusoid" else OUTPUT_MEANING[cfg.data.name]),
+                     if cfg.data.name == "sinusoid" else splits.description or OUTPUT_MEANING[cfg.data.name]),
+        "output_names": splits.output_names,
         "input_shape": list(splits.x["train"].shape[1:]),
         "sizes": {s: int(v.shape[0]) for s, v in splits.x.items()},
+        "task": splits.task,
         "outliers": {s: int(v.sum()) for s, v in splits.outlier.items()},
-        "noisy_label_rmse_vs_clean": {
-            s: regression_metrics(splits.y[s], splits.y_clean[s])["rmse"] for s in ("train", "val")
-        },
+        **({"noisy_label_rmse_vs_clean": {
+            s: regression_metrics(splits.y[s], splits.y_clean[s])["rmse"] for s in ("train", "val")}}
+           if splits.task == "regression" else
+           {"n_classes": splits.n_classes, "label_noise": cfg.data.noise.label_noise,
+            "label_noise_type": cfg.data.noise.label_noise_type,
+            "flipped_share": {s: float(splits.outlier[s].mean()) for s in ("train", "val")}}),
         "x_mean": splits.x_mean, "x_std": splits.x_std,
     }
     atomic_write_json(ctx.path("data.json"), summary)
@@ -120,92 +169,246 @@ def stage_data(ctx: Context) -> list[str]:
 
 
 def train_teacher(cfg: Config, splits: Splits):
-    """Train the teacher on the noisy labels; returns (model, history, predictions per split)."""
+    """Train the teacher on the noisy labels; returns (model, history, predictions per split, SRL record).
+
+    Self-regulated learning (Mishra & Sundaram) is tracked on every teacher: a sample *takes part* when
+    the teacher gets it wrong or right with p_y < tau (classification), or its |error| exceeds the
+    tolerance (regression). With ``teacher.srl.enabled`` only those samples are back-propagated; either
+    way each sample's participation count (its significance) is recorded."""
+    from pipeline.classification import SignificanceCounter, self_regulated_mask
+
     d_in, d_out = _dims(splits)
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, d_in, d_out)
-    loss = TEACHER_LOSSES[cfg.teacher.loss]
+    srl = cfg.teacher.srl
+    n = len(splits.y["train"])
+    counter = SignificanceCounter(n)
+    shares: list[float] = []
+    epoch_count = [0.0]
+    classify = splits.task == "classification"
+    reg_loss = TEACHER_LOSSES[cfg.teacher.loss]
+
+    def loss_fn(m, b):
+        x, y, idx = b
+        out = m(x)
+        if classify:
+            per = torch.nn.functional.cross_entropy(out, y, reduction="none")
+            take = self_regulated_mask(out.detach(), y, srl.tau)
+        else:
+            per = reg_loss(out, y, reduction="none").reshape(len(y), -1).mean(dim=1)
+            take = (out.detach() - y).reshape(len(y), -1).norm(dim=1) > srl.tolerance
+        if not torch.is_grad_enabled() or idx[0] < 0:  # validation: the plain loss, nothing counted
+            return per.mean()
+        counter.update(idx, take)
+        epoch_count[0] += float(take.sum())
+        if srl.enabled:
+            return (per * take).sum() / take.sum().clamp_min(1)
+        return per.mean()
+
+    def epoch_end(epoch):
+        # under torchrun each rank counted its share of the batches: sum over ranks
+        shares.append(distributed.all_reduce_sum(epoch_count[0]) / n)
+        epoch_count[0] = 0.0
+
+    scale = _label_scale(splits)
     hist = fit(
         teacher,
-        lambda m, b: loss(m(b[0]), b[1]),
-        (splits.x["train"], splits.y["train"]),
-        (splits.x["val"], splits.y["val"]),
+        loss_fn,
+        (splits.x["train"], _scaled(splits.y["train"], scale), np.arange(n)),
+        (splits.x["val"], _scaled(splits.y["val"], scale), np.full(len(splits.y["val"]), -1)),
         cfg.teacher.train,
         seed=cfg.seed + 1,
-        desc="teacher",
+        desc="teacher" + (" (SRL)" if srl.enabled else ""),
+        on_epoch_end=epoch_end,
     )
+    _fold_scale(teacher.head, scale)
+    counter.counts = distributed.all_reduce_sum(counter.counts)  # each rank counted its own rows
     preds = {s: predict(teacher, splits.x[s]) for s in ("train", "val", "test")}
-    return teacher, hist, preds
+    record = {"significance": counter.normalised().numpy(), "counts": counter.counts.numpy(),
+              "share_per_epoch": shares}
+    return teacher, hist, preds, record
 
 
-def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str):
+def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str,
+                  significance: np.ndarray | None = None):
     """Train one two-head student with method ``name``; returns (model, history, method).
 
     Every method starts from the same initial weights and sees the same batches."""
     d_in, d_out = _dims(splits)
-    method = build_method(name, cfg.distill, splits.y["train"] - yt["train"])
+    scale = _label_scale(splits)
+    y = {s: _scaled(splits.y[s], scale) for s in ("train", "val")}
+    yt = {s: _scaled(yt[s], scale) for s in ("train", "val")}
+    residuals = y["train"] - yt["train"] if splits.task == "regression" else None
+    train_set = TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance)
+    method = build_method(name, cfg.distill, residuals, train_set)
     seed_everything(cfg.seed + 100)
-    student = build_student(cfg, d_in, d_out)
+    student = build_student(cfg, d_in, d_out, d_out + method.n_extra(d_out))
 
     def loss_fn(m, b):
         label_out, teacher_out = m(b[0])
-        return method.loss(label_out, teacher_out, b[1], b[2])
+        idx = b[3] if b[3][0] >= 0 else None  # validation rows carry -1: not training samples
+        return method.loss(label_out, teacher_out, b[1], b[2], idx)
 
+    n, n_val = len(splits.y["train"]), len(splits.y["val"])
     hist = fit(
         student,
         loss_fn,
-        (splits.x["train"], splits.y["train"], yt["train"]),
-        (splits.x["val"], splits.y["val"], yt["val"]),
+        (splits.x["train"], y["train"], yt["train"], np.arange(n)),
+        (splits.x["val"], y["val"], yt["val"], np.full(n_val, -1)),
         cfg.distill.train,
         seed=cfg.seed + 2,
         desc=f"student[{name}]",
+        on_epoch_end=lambda epoch: method.epoch_end(),
     )
+    _fold_scale(student.label_head, scale)
+    _fold_scale(student.teacher_head, scale)
     return student, hist, method
+
+
+def onnx_param_count(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path))
+    return int(sum(np.prod(t.dims) for t in model.graph.initializer))
+
+
+def given_teacher_predictions(cfg: Config, splits: Splits, path: Path) -> dict[str, np.ndarray]:
+    """Outputs of a teacher you already have (``teacher.onnx``) on every split, from onnxruntime."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise UserError(f"teacher.onnx {path} cannot be loaded by onnxruntime: {str(exc).splitlines()[0][:200]}") \
+            from None
+    inp = sess.get_inputs()
+    if len(inp) != 1:
+        raise UserError(f"teacher.onnx {path} has {len(inp)} inputs; a teacher takes exactly one (the data's x)")
+    xs = splits.x_raw if cfg.teacher.onnx_input == "raw" else splits.x
+    want = splits.out_features
+    preds = {}
+    for s in ("train", "val", "test"):
+        outs = []
+        for i in range(0, len(xs[s]), 256):
+            try:
+                outs.append(sess.run(None, {inp[0].name: xs[s][i : i + 256].astype(np.float32)})[0])
+            except Exception as exc:
+                raise UserError(f"teacher.onnx {path} failed on the {s} inputs of shape "
+                                f"{list(xs[s].shape[1:])} (plus batch): {str(exc).splitlines()[0][:200]}") from None
+        out = np.concatenate(outs).astype(np.float32).reshape(len(xs[s]), -1)
+        if out.shape[1] != want:
+            raise UserError(f"teacher.onnx {path} gives {out.shape[1]} outputs per sample; this data needs {want} "
+                            f"({'logits of each class' if splits.task == 'classification' else 'one per label'})")
+        preds[s] = out
+    return preds
+
+
+def load_given_checkpoint(cfg: Config, splits: Splits, path: Path) -> Regressor:
+    """``teacher.checkpoint``: a state_dict (or pocketkd's teacher.pt) of the configured architecture."""
+    d_in, d_out = _dims(splits)
+    model = build_teacher(cfg, d_in, d_out)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"teacher.checkpoint {path} cannot be read with torch.load(weights_only=True): "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"teacher.checkpoint {path} holds a {type(payload).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"teacher.checkpoint {path} does not fit the configured teacher ({cfg.teacher.backbone}, "
+                        f"hidden {cfg.teacher.hidden}, {d_out} outputs): "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+    return model.eval()
 
 
 def stage_teacher(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = Splits.load(ctx.path("data.npz"))
-    teacher, hist, preds = train_teacher(cfg, splits)
+    if cfg.teacher.onnx or cfg.teacher.checkpoint:  # nothing to train: rank 0 alone under torchrun
+        return distributed.on_main(lambda: _given_teacher(ctx, splits))
+    teacher, hist, preds, srl = train_teacher(cfg, splits)  # under torchrun: on every rank
+    if not distributed.is_main():  # rank 0 writes (and hashes) the files
+        return []
     d_in, d_out = _dims(splits)
     save_model(ctx.path("teacher.pt"), teacher, "teacher", d_in, d_out)
-    atomic_write(ctx.path("teacher_preds.npz"), lambda f: np.savez(f, **preds))
+    atomic_write(ctx.path("teacher_preds.npz"),
+                 lambda f: np.savez(f, **preds, significance_train=srl["significance"]))
+    shares = srl["share_per_epoch"]
     atomic_write_json(
         ctx.path("teacher.json"),
         {
             "params": count_parameters(teacher),
             "hidden": cfg.teacher.hidden,
-            "loss": cfg.teacher.loss,
+            "loss": "cross_entropy" if splits.task == "classification" else cfg.teacher.loss,
             "history": hist.to_dict(),
-            "test": regression_metrics(preds["test"], splits.y_clean["test"]),
+            "test": metrics_of(cfg, splits, preds["test"], abstain=False),
+            "srl": {"enabled": cfg.teacher.srl.enabled, "share_per_epoch": [round(v, 4) for v in shares],
+                    "share_mean": float(np.mean(shares)) if shares else None,
+                    "never_took_part_share": float(np.mean(srl["counts"] == 0))},
+            "origin": "trained by pocketkd",
+            "model_file": "teacher.pt",
+            "model_sha256": sha256_file(ctx.path("teacher.pt")),
         },
     )
     return ["teacher.pt", "teacher_preds.npz", "teacher.json"]
+
+
+def _given_teacher(ctx: Context, splits: Splits) -> list[str]:
+    """The teacher stage for a teacher you already have: no training, its outputs become the soft targets."""
+    cfg = ctx.cfg
+    d_in, d_out = _dims(splits)
+    if cfg.teacher.onnx:
+        src = Path(cfg.teacher.onnx).expanduser()
+        preds = given_teacher_predictions(cfg, splits, src)
+        rel, params = "teacher_given.onnx", onnx_param_count(src)
+        atomic_write(ctx.path(rel), lambda f: f.write(src.read_bytes()))
+        origin = f"ONNX file {src} (inputs: {cfg.teacher.onnx_input})"
+    else:
+        src = Path(cfg.teacher.checkpoint).expanduser()
+        model = load_given_checkpoint(cfg, splits, src)
+        preds = {s: predict(model, splits.x[s]) for s in ("train", "val", "test")}
+        rel, params = "teacher.pt", count_parameters(model)
+        save_model(ctx.path(rel), model, "teacher", d_in, d_out)
+        origin = f"PyTorch checkpoint {src}"
+    atomic_write(ctx.path("teacher_preds.npz"), lambda f: np.savez(f, **preds))
+    atomic_write_json(ctx.path("teacher.json"), {
+        "params": params, "hidden": None if cfg.teacher.onnx else cfg.teacher.hidden, "loss": None,
+        "history": None, "test": metrics_of(cfg, splits, preds["test"], abstain=False),
+        "origin": origin, "source_sha256": sha256_file(src),
+        "model_file": rel, "model_sha256": sha256_file(ctx.path(rel)),
+    })
+    return [rel, "teacher_preds.npz", "teacher.json"]
 
 
 def stage_distill(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = Splits.load(ctx.path("data.npz"))
     with np.load(ctx.path("teacher_preds.npz")) as z:
-        yt = {s: z[s] for s in z.files}
+        yt = {s: z[s] for s in ("train", "val", "test")}
+        significance = z["significance_train"] if "significance_train" in z.files else None
     d_in, d_out = _dims(splits)
     methods = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
     results, written = {}, []
     for name in methods:
-        student, hist, method = train_student(cfg, splits, yt, name)
+        student, hist, method = train_student(cfg, splits, yt, name, significance)
         label_pred, teacher_pred = predict(student, splits.x["test"])
         rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
-        save_model(ctx.path(rel), student, "student", d_in, d_out)
+        save_model(ctx.path(rel), student, "student", d_in, d_out, d_out + method.n_extra(d_out))
         written.append(rel)
         results[name] = {
             **method.describe(),
             "deployed": name == cfg.distill.method,
             "history": hist.to_dict(),
-            "test_label_head": regression_metrics(label_pred, splits.y_clean["test"]),
-            "test_teacher_head": regression_metrics(teacher_pred, splits.y_clean["test"]),
+            "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.extra_outputs > 0),
+            # the teacher head is trained by the multi-task methods only (regression)
+            "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
+            if splits.task == "regression" else None,
             "file": rel,
         }
-    sizes = check_model_sizes(cfg, d_out)
+    sizes = check_model_sizes(cfg, d_out, d_in)
     atomic_write_json(ctx.path("distill.json"), {"methods": results, **sizes})
     return [*written, "distill.json"]
 
@@ -220,15 +423,17 @@ def stage_student(ctx: Context) -> list[str]:
     x = splits.x["test"]
     head_index = 0 if cfg.student.keep_head == "label" else 1
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
-    save_model(ctx.path("student.pt"), deployed, "deployed", d_in, d_out)
+    save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
     atomic_write_json(
         ctx.path("student.json"),
         {
             "kept_head": cfg.student.keep_head,
             "params": count_parameters(deployed),
             "params_two_head": count_parameters(two_head),
+            "outputs": deployed.head.out_features,
+            "abstain_output": deployed_abstains(cfg),
             "head_drop_max_abs_diff": diff,
-            "test": regression_metrics(predict(deployed, x), splits.y_clean["test"]),
+            "test": metrics_of(cfg, splits, predict(deployed, x)),
         },
     )
     return ["student.pt", "student.json"]
@@ -240,17 +445,38 @@ def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
         "producer": "pocketkd",
         "pocketkd_version": pipeline.__version__,
         "config_hash": cfg.hash(),
-        "task": f"regression on {cfg.data.name}",
+        "task": f"{splits.task} on {cfg.data.name}",
         "distill_method": cfg.distill.method,
         "kept_head": cfg.student.keep_head,
         "input_shape": [batch or -1, *splits.x["train"].shape[1:]],
         "input_layout": "NCHW" if splits.x["train"].ndim == 4 else "NC",
         "input_normalization": {"mean": splits.x_mean.tolist(), "std": splits.x_std.tolist(),
                                 "formula": "(x - mean) / std, per channel (images) or feature (vectors)"},
-        "output_meaning": OUTPUT_MEANING[cfg.data.name],
-        "outputs": splits.y["train"].shape[1],
+        "output_meaning": OUTPUT_MEANING[cfg.data.name] + (
+            ("; the LAST output is 'abstain': predict argmax of the others, abstain when softmax(all)[-1] is high"
+             if splits.task == "classification" else
+             f"; outputs 0..{splits.out_features - 1} are the means, the next {splits.out_features} their "
+             "log-variances: abstain when the variance is high") if deployed_abstains(cfg) else ""),
+        "outputs": splits.out_features + (METHODS[cfg.distill.method].n_extra(splits.out_features)
+                                          if deployed_abstains(cfg) else 0),
+        **({"output_names": splits.output_names} if splits.output_names else {}),
+        **({"output_units": "radians (pitch, yaw)"} if splits.angles else {}),
+        **({"classes": list(range(splits.n_classes)), "abstain_output": deployed_abstains(cfg)}
+           if splits.task == "classification" else {}),
         "batch": batch or "dynamic",
     }
+
+
+def given_teacher_row(cfg: Config, splits: Splits, src: Path, out_dir: Path) -> dict:
+    """The teacher you gave as ONNX, copied as teacher.onnx for the bench, with its test metrics."""
+    from pipeline.io import atomic_copy
+
+    path = atomic_copy(src, out_dir / "teacher.onnx")
+    preds = given_teacher_predictions(cfg, splits, path)
+    return {"format": "onnx_fp32", "model": "teacher", "runtime": "onnxruntime", "precision": "fp32",
+            "strict": False, "batch": "as given", "file": path.name, "size_bytes": path.stat().st_size,
+            "sha256": sha256_file(path), "status": "ok", "input": cfg.teacher.onnx_input, "origin": "given",
+            **metrics_of(cfg, splits, preds["test"], abstain=False)}
 
 
 def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str], android: bool) -> dict:
@@ -267,11 +493,17 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
         return ExportJob(model=load_model(run_dir / model_file, cfg), out_dir=directory, input_shape=shape,
                          x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
-                         cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch)
+                         cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch,
+                         task=splits.task, abstain=stem == "student" and deployed_abstains(cfg),
+                         angles=splits.angles, output_names=splits.output_names)
 
     result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump()}
     result["formats"] = export_all(job("student.pt", "student", out_dir, None), formats)
-    result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
+    teacher_info = json.loads((run_dir / "teacher.json").read_text())
+    if teacher_info.get("model_file") == "teacher_given.onnx":
+        result["formats"].append(given_teacher_row(cfg, splits, run_dir / "teacher_given.onnx", out_dir))
+    else:
+        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
     if android:
         a = cfg.export.android
         bundle_dir = out_dir / "android"
@@ -343,6 +575,8 @@ def stage_bench(ctx: Context) -> list[str]:
         results = []
         for r in tqdm(files + floors, desc=f"bench[{spec}]", unit="model", leave=False, disable=None):
             x = splits.x["test"] if r["model"] != "floor" else np.zeros((8, 1), np.float32)
+            if r.get("input") == "raw":  # a given teacher that takes the data's own units
+                x = splits.x_raw["test"]
             partial = target.emulated and r["model"] == "teacher"  # accuracy of the teacher is not the claim
             if partial:
                 x = x[: b.emulated_teacher_rows]
@@ -352,7 +586,7 @@ def stage_bench(ctx: Context) -> list[str]:
             res.update(model=r["model"], format=r["format"], precision=r["precision"], file=r["file"])
             if r["model"] != "floor":
                 if not partial:
-                    res.update(regression_metrics(out, splits.y_clean["test"]))
+                    res.update(metrics_of(cfg, splits, out, abstain=deployed_abstains(cfg) and r["model"] == "student"))
                 else:
                     res["eval_rows"] = len(x)
                 if spec == "host":
@@ -378,6 +612,31 @@ def stage_bench(ctx: Context) -> list[str]:
                           "x max(1, |output|): "
                           + "; ".join(mismatches))
     return written
+
+
+def data_environment(cfg: Config) -> str:
+    """What the data stage reads outside the run directory: the user's data files (their sha256; for
+    folders of images or .mat files, every file's name, size and modification time)."""
+    src = cfg.data.source
+    if src is None:
+        return ""
+    from pipeline.io import sha256_file
+
+    if src.kind in ("csv", "npz"):
+        p = Path(src.path)
+        return sha256_file(p) if p.is_file() else "missing"
+    root = Path(src.root)
+    files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else []
+    listing = "\n".join(f"{q.relative_to(root)}:{q.stat().st_size}:{q.stat().st_mtime_ns}" for q in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def teacher_environment(cfg: Config) -> str:
+    """The given teacher file's sha256 (teacher.onnx / teacher.checkpoint), if any."""
+    from pipeline.io import sha256_file
+
+    given = cfg.teacher.onnx or cfg.teacher.checkpoint
+    return sha256_file(Path(given).expanduser()) if given else ""
 
 
 def bench_environment(cfg: Config) -> str:
@@ -411,13 +670,15 @@ def stage_report(ctx: Context) -> list[str]:
 
 
 STAGES = [
-    Stage("data", stage_data, reads=(), config=("data",), help="make the data set and inject label noise"),
-    Stage("teacher", stage_teacher, reads=("data.npz",), config=("teacher",), help="train the large teacher"),
+    Stage("data", stage_data, reads=(), config=("data",), environment=data_environment,
+          help="make the data set and inject label noise"),
+    Stage("teacher", stage_teacher, reads=("data.npz",), config=("teacher",), environment=teacher_environment,
+          distributed=True, help="train the large teacher (or load the one you give)"),
     Stage("distill", stage_distill, reads=("data.npz", "teacher_preds.npz"), config=("student", "distill", "teacher"),
-          help="train the two-head student (and the baselines)"),
+          distributed=True, help="train the two-head student (and the baselines)"),
     Stage("student", stage_student, reads=("student_mt.pt", "data.npz"), config=("student", "distill"),
           help="drop the teacher head: a single-output student"),
-    Stage("export", stage_export, reads=("student.pt", "teacher.pt", "data.npz"), config=("export", "student"),
+    Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student"),
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
     Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",), environment=bench_environment,
           help="latency and accuracy of every exported file on each target"),

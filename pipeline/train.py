@@ -1,5 +1,10 @@
 """One training loop for teachers and students: Adam, shuffled mini-batches, early stopping on a
-validation loss, best weights restored, tqdm bar over epochs (shown on a terminal only)."""
+validation loss, best weights restored, tqdm bar over epochs (shown on a terminal only).
+
+Under ``torchrun`` (see ``pipeline.distributed`` and docs/DISTRIBUTED.md) the same loop runs on every
+rank: the model is wrapped in DistributedDataParallel, every global batch (the same batches as one
+process would take) is split across the ranks, and validation and training losses are averaged over
+all ranks, so early stopping makes the same decision everywhere."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,10 @@ class History:
 
 
 def _tensors(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    return [torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32) for a in arrays]
+    """float32 tensors, except integer arrays (class labels, sample indices), which stay int64."""
+    return [torch.as_tensor(np.ascontiguousarray(a),
+                            dtype=torch.int64 if np.issubdtype(np.asarray(a).dtype, np.integer) else torch.float32)
+            for a in arrays]
 
 
 @torch.no_grad()
@@ -60,6 +69,17 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, tensors: Sequence[torch.Ten
     return total / n
 
 
+def _evaluate_sharded(model: nn.Module, loss_fn: LossFn, tensors: Sequence[torch.Tensor]) -> float:
+    """The validation loss over all ranks: each evaluates its contiguous share of the rows, then the
+    row-weighted sum is all-reduced, so every rank gets the same number."""
+    rows = distributed.shard_rows(tensors[0].shape[0], distributed.rank(), distributed.world_size())
+    part = [t[rows] for t in tensors]
+    m = part[0].shape[0]
+    total = evaluate_loss(model, loss_fn, part) * m if m else 0.0
+    total, count = distributed.all_reduce_mean_weighted(total, m)
+    return total / count
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -68,32 +88,57 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     desc: str = "train",
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> History:
-    """Train ``model`` in place and return its history; the best-validation weights are kept."""
+    """Train ``model`` in place and return its history; the best-validation weights are kept.
+
+    ``on_epoch_end(epoch)`` is called after each epoch's training pass (before validation), on every rank.
+
+    ``loss_fn(net, batch)`` gets the network to call for the batch (under torchrun the
+    DistributedDataParallel wrapper of ``model`` for training batches, ``model`` itself for validation)
+    and the rows of every tensor for the same sample indices (so an integer sample-index column stays
+    aligned). ``cfg.batch_size`` is the global batch: under torchrun each rank takes its share of it."""
     seed_everything(seed)
+    distributed.init_from_env()
+    # every rank trains together only in a distributed stage; on rank 0 alone this is one process
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.collective() else (1, 0)
     train_t, val_t = _tensors(train), _tensors(val)
     n = train_t[0].shape[0]
     gen = torch.Generator().manual_seed(seed)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # a method may leave a head out of its loss (e.g. scratch): those parameters get no gradient
+        net = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", leave=False, disable=None)
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", leave=False, disable=None if rank == 0 else True)
     for epoch in bar:
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        running = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
+        net.train()
+        perm = torch.randperm(n, generator=gen)  # the same on every rank: same seed, same generator
+        if world > 1:
+            batches = distributed.shard_batches(perm, cfg.batch_size, rank, world)
+        else:
+            batches = (perm[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size))
+        running, seen = 0.0, 0
+        for idx in batches:
             batch = [t[idx] for t in train_t]
-            loss = loss_fn(model, batch)
+            loss = loss_fn(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += float(loss.detach()) * idx.numel()
-        hist.train_loss.append(running / n)
-        val_loss = evaluate_loss(model, loss_fn, val_t)
+            seen += idx.numel()
+        if world > 1:
+            running, seen = distributed.all_reduce_mean_weighted(running, seen)
+        hist.train_loss.append(running / seen)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        val_loss = evaluate_loss(model, loss_fn, val_t) if world == 1 else _evaluate_sharded(model, loss_fn, val_t)
         hist.val_loss.append(val_loss)
         hist.epochs_run = epoch + 1
         if val_loss < hist.best_val:
@@ -106,17 +151,19 @@ def fit(
             hist.stopped_early = True
             break
     bar.close()
+    del net
     model.load_state_dict(best_state)
     model.eval()
     hist.seconds = time.perf_counter() - t0
     log.info(
-        "%s: best epoch %d of %d, val loss %.5f, %.1fs%s",
+        "%s: best epoch %d of %d, val loss %.5f, %.1fs%s%s",
         desc,
         hist.best_epoch + 1,
         hist.epochs_run,
         hist.best_val,
         hist.seconds,
         " (early stop)" if hist.stopped_early else "",
+        f" ({world} processes)" if world > 1 else "",
     )
     return hist
 
