@@ -13,10 +13,13 @@ method and by the abstain output for the gambler student.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from common import ROOT, machine, mean_std, save_json, write_section
@@ -52,8 +55,24 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "classification.json"),
+                    help="where to save the raw numbers")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="no training: merge result files of parallel runs (e.g. one per rate), save and render")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        out = {**parts[0], "minutes": max(p["minutes"] for p in parts), "parallel_processes": len(parts),
+               "rates": sorted({r for p in parts for r in p["rates"]}),
+               "cells": sorted((c for p in parts for c in p["cells"]), key=lambda c: (c["rate"], c["seed"]))}
+        save_json(Path(args.json), out)
+        body = render(out, list(out["cells"][0]["methods"]))
+        print(body)
+        if not args.no_write:
+            write_section("classification", body)
+        return 0
+    torch.set_num_threads(1)
     rates = [float(r) for r in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -67,7 +86,7 @@ def main() -> int:
     minutes = (time.time() - t0) / 60
     out = {"machine": machine(), "minutes": minutes, "config": args.config, "overrides": args.overrides,
            "rates": rates, "seeds": seeds, "cells": cells}
-    save_json(ROOT / "benchmarks" / "results" / "classification.json", out)
+    save_json(Path(args.json), out)
     body = render(out, methods)
     print(body)
     if not args.no_write:
@@ -75,16 +94,15 @@ def main() -> int:
     return 0
 
 
-def _by(cells, rate, key):
-    return [c for c in cells if c["rate"] == rate]
-
-
 def render(out: dict, methods: list[str]) -> str:
     cells, rates = out["cells"], out["rates"]
     acc = lambda rate, m: [c["methods"][m]["accuracy"] for c in cells if c["rate"] == rate]  # noqa: E731
     lines = [
         "Command: `python benchmarks/classification.py` "
-        f"({out['minutes']:.0f} min on {out['machine']}); raw numbers in `benchmarks/results/classification.json`.",
+        f"({out['minutes']:.0f} min on {out['machine']}"
+        + (f", as {out['parallel_processes']} processes of one noise rate each (`--rates R --json F`, then "
+           "`--merge F...`)" if out.get("parallel_processes") else "")
+        + "); raw numbers in `benchmarks/results/classification.json`.",
         "",
         f"`configs/digits.yaml`: digits 8x8, CNN teacher with SRL (tau 0.9), MLP student [32]; symmetric label "
         f"noise; seeds {out['seeds']}. Test accuracy (clean labels, 450 images) mean ± std over seeds; "

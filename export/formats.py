@@ -88,11 +88,14 @@ def _make_onnx_fp16(job: ExportJob, fmt: Format) -> Path:
 def _make_onnx_int8(job: ExportJob, fmt: Format) -> Path:
     q = job.cfg.int8
     return quantize_int8_static(_base_onnx(job), job.file(fmt), job.calib, INPUT_NAME, q.calibrate_method,
-                                q.per_channel, batch=job.batch or 32, float_first_layer=q.float_first_layer)
+                                q.per_channel, batch=job.batch or 32, float_first_layer=q.float_first_layer,
+                                prepare=q.prepare)
 
 
 def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:
-    return quantize_int8_dynamic(_base_onnx(job), job.file(fmt), job.cfg.int8.per_channel)
+    q = job.cfg.int8
+    return quantize_int8_dynamic(_base_onnx(job), job.file(fmt), q.per_channel, calib_x=job.calib,
+                                 float_first_layer=q.float_first_layer)
 
 
 def _make_ort(job: ExportJob, fmt: Format) -> Path:
@@ -115,7 +118,8 @@ def _make_tflite(job: ExportJob, fmt: Format) -> Path:
         if calib.ndim == 4:  # TFLite is NHWC: representative data in that layout
             calib = calib.transpose(0, 2, 3, 1)
         try:
-            job._tflite = onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib)
+            job._tflite = onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib,
+                                         prepare=job.cfg.int8.prepare)
         except Exception as exc:
             job._tflite = exc
     if isinstance(job._tflite, Exception):

@@ -63,6 +63,11 @@ def export_onnx(
         simplified, ok = onnxsim.simplify(proto)
         if ok:
             proto = simplified
+            # onnxsim records its own run in ~20 metadata_props keys (onnxsim.*): bookkeeping a phone
+            # app never reads, ~0.6 kB in every file (and in each .ort made from it)
+            kept = [p for p in proto.metadata_props if not p.key.startswith("onnxsim.")]
+            del proto.metadata_props[:]
+            proto.metadata_props.extend(kept)
         else:
             log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
     set_metadata(proto, metadata or {})

@@ -42,41 +42,67 @@ def onnx_to_tflite(
     variants: tuple[str, ...] = ("fp32", "fp16"),
     calib_nhwc: np.ndarray | None = None,
     timeout: float = 900,
+    prepare: bool = True,
 ) -> dict[str, Path]:
     """Convert ``src``; returns {variant: path} for the files written into ``out_dir`` as
     ``{stem}_{variant}.tflite``. Full-integer variants need ``calib_nhwc``: representative
-    model-ready inputs in TFLite's layout (NHWC for images)."""
+    model-ready inputs in TFLite's layout (NHWC for images). ``prepare``: the quantized variants of
+    an MLP (Gemm/Relu chain) are converted from a copy prepared by ``export.quantize.prepare_for_int8``
+    with ``calib_nhwc`` (the fp32 and fp16 files always come from ``src`` itself)."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown TFLite variants {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pocketkd-onnx2tf-") as tmp:
-        opts = {"dynamic_range": "dynamic_range" in variants, "integer": bool({"int8", "int8_io"} & set(variants))}
-        if opts["integer"]:
-            if calib_nhwc is None:
-                raise ValueError("int8 TFLite variants need representative data (calib_nhwc)")
-            np.save(Path(tmp) / "calib.npy", calib_nhwc.astype(np.float32))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
-        # onnx2tf rewrites its input file in place (op names, simplification): give it a copy
-        work = Path(tmp) / "src"
-        work.mkdir()
-        copy = work / src.name
-        shutil.copy(src, copy)
-        proc = subprocess.run(
-            [sys.executable, "-m", "export.tflite", str(copy), tmp, json.dumps(opts)],
-            capture_output=True, text=True, env=env, timeout=timeout,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise RuntimeError(f"onnx2tf failed on {src.name} (exit {proc.returncode}):\n{tail}")
+        sources = {v: src for v in variants}
+        quant = [v for v in variants if v in QUANTIZED]
+        if prepare and quant and calib_nhwc is not None:
+            # the quantized variants come from a copy whose weights are prepared for int8
+            # (equalised, GPTQ-rounded onto the int8 grid); a graph the preparation does not
+            # handle (not a Gemm/Relu chain) is converted once, as before
+            from export.quantize import prepare_for_int8
+
+            prepared = Path(tmp) / "prepared" / src.name
+            prepared.parent.mkdir()
+            if prepare_for_int8(src, prepared, calib_nhwc)["applied"]:
+                sources.update({v: prepared for v in quant})
         made = {}
-        for short in variants:
-            found = Path(tmp) / f"{src.stem}_{VARIANTS[short]}.tflite"
-            if not found.exists():
-                raise RuntimeError(f"onnx2tf did not write {found.name}; wrote: {sorted(os.listdir(tmp))}")
-            made[short] = atomic_copy(found, out_dir / f"{stem}_{short}.tflite")
-    return made
+        for i, source in enumerate(dict.fromkeys(sources.values())):
+            group = tuple(v for v in variants if sources[v] == source)
+            run_dir = Path(tmp) / f"run{i}"
+            run_dir.mkdir()
+            written = _run_onnx2tf(source, run_dir, group, calib_nhwc, timeout)
+            for short in group:
+                found = written / f"{source.stem}_{VARIANTS[short]}.tflite"
+                if not found.exists():
+                    raise RuntimeError(f"onnx2tf did not write {found.name}; wrote: {sorted(os.listdir(written))}")
+                made[short] = atomic_copy(found, out_dir / f"{stem}_{short}.tflite")
+    return {v: made[v] for v in variants}
+
+
+def _run_onnx2tf(src: Path, tmp: Path, variants: tuple[str, ...], calib_nhwc: np.ndarray | None,
+                 timeout: float) -> Path:
+    """One onnx2tf conversion of ``src`` in a child process, writing into ``tmp``; returns ``tmp``."""
+    opts = {"dynamic_range": "dynamic_range" in variants, "integer": bool({"int8", "int8_io"} & set(variants))}
+    if opts["integer"]:
+        if calib_nhwc is None:
+            raise ValueError("int8 TFLite variants need representative data (calib_nhwc)")
+        np.save(tmp / "calib.npy", calib_nhwc.astype(np.float32))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    # onnx2tf rewrites its input file in place (op names, simplification): give it a copy
+    work = tmp / "src"
+    work.mkdir()
+    copy = work / src.name
+    shutil.copy(src, copy)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.tflite", str(copy), str(tmp), json.dumps(opts)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"onnx2tf failed on {src.name} (exit {proc.returncode}):\n{tail}")
+    return tmp
 
 
 def tflite_ops(path: Path) -> list[str]:

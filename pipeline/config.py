@@ -174,7 +174,7 @@ class KDConfig(_Strict):
 
 
 class LRConfig(_Strict):
-    eta: float = Field(0.8, gt=0, lt=1, description="lr: beta = eta / (p_max - p_y + 1) mixes the teacher into the label")
+    eta: float = Field(0.5, gt=0, lt=1, description="lr: beta = eta / (p_max - p_y + 1) mixes the teacher into the label")
     scale_k: float = Field(
         2.0, gt=0, description="regression lr: target weight exp(-|y_t - y| / (scale_k x MAD-scale of residuals))"
     )
@@ -262,6 +262,10 @@ class Int8Config(_Strict):
     per_channel: bool = Field(True, description="per-channel weight scales")
     float_first_layer: bool = Field(
         True, description="ONNX static int8: keep the first layer in float so the raw input is not quantized"
+    )
+    prepare: bool = Field(
+        True, description="MLP students: equalise hidden channels and round weights GPTQ-style onto the int8 grid "
+        "before ONNX static int8 / TFLite int8 conversion (fp32 function unchanged)"
     )
 
 

@@ -59,10 +59,14 @@ def _norms(residuals: np.ndarray) -> np.ndarray:
 def robust_scale(residuals: np.ndarray) -> float:
     """MAD-based scale of residuals, 1.4826 * median(|r - median(r)|): the sigma of Gaussian r.
 
-    Single-output residuals are used signed; for several outputs, the per-sample norms."""
+    For several outputs the scale of the residual *vector*: sqrt(sum_j sigma_j^2) with sigma_j the MAD
+    scale of output j, i.e. the RMS length of a Gaussian residual vector. (The MAD of the per-sample
+    norms would be wrong here: norms are skewed and positive, their spread is much smaller than their
+    size, so k x that spread rejects most clean samples.) For one output both readings agree."""
     r = np.asarray(residuals, dtype=np.float64)
-    r = r.ravel() if r.ndim == 1 or r.shape[1] == 1 else _norms(r)
-    return float(MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))))
+    r = r.reshape(len(r), -1) if r.ndim > 1 else r.reshape(-1, 1)
+    sig = MAD_TO_SIGMA * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
+    return float(np.sqrt(np.sum(sig ** 2)))
 
 
 def tor_threshold(cfg: TORConfig, residuals: np.ndarray | None) -> float:

@@ -95,7 +95,10 @@ def check_model_sizes(cfg: Config, out_features: int | None = None, shape: Shape
         d = count_parameters(build_deployed(cfg, shape, out_features))
     except ValueError as exc:  # e.g. a cnn backbone on vector inputs
         raise UserError(f"model does not fit data '{cfg.data.name}' (input shape {shape}): {exc}") from None
-    if s > cfg.student.max_param_ratio * t:
+    if s > cfg.student.max_param_ratio * t and (cfg.teacher.onnx or cfg.teacher.checkpoint):
+        log.warning("the student (%d parameters) is more than student.max_param_ratio (%g) x the given teacher's "
+                    "%d: distilling anyway, the teacher is yours", s, cfg.student.max_param_ratio, t)
+    elif s > cfg.student.max_param_ratio * t:
         raise UserError(
             f"student ({cfg.student.backbone}, hidden {cfg.student.hidden}) has {s} parameters, more than "
             f"student.max_param_ratio ({cfg.student.max_param_ratio}) x the teacher's {t}; "

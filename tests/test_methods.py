@@ -102,3 +102,16 @@ def test_tor_method_reports_its_threshold_and_share():
     assert d["delta"] == pytest.approx(cfg.tor.k * robust_scale(r), rel=1e-9)
     # every one of the 10 % outliers is flagged, plus a few of the Gaussian tail beyond k sigma
     assert 0.10 <= d["train_outlier_share"] < 0.15
+
+
+def test_robust_scale_of_vector_residuals_keeps_clean_samples():
+    """Two outputs: the threshold k x scale must leave clean Gaussian residual vectors in (few rejected)
+    and catch the wide outliers."""
+    rng = np.random.default_rng(1)
+    clean = rng.normal(0, 0.3, size=(8000, 2))
+    r = np.concatenate([clean, rng.uniform(-5, 5, size=(2000, 2))])
+    scale = robust_scale(r)
+    assert 0.3 * np.sqrt(2) <= scale < 0.45 * np.sqrt(2)
+    norms = np.linalg.norm(r, axis=1)
+    assert np.mean(norms[:8000] > 2 * scale) < 0.05  # chi with 2 dof: P(|r| > 2 sqrt(2) sigma) = e^-4
+    assert np.mean(norms[8000:] > 2 * scale) > 0.8
