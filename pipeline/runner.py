@@ -207,8 +207,9 @@ class Runner:
             for rel, sha in hashes.items():
                 p = ctx.run_dir / rel
                 if not p.exists() or sha256_file(p) != sha:
-                    problem = (f"rank {distributed.rank()} sees {'no' if not p.exists() else 'a different'} {p} "
-                               "than rank 0: under torchrun, --out must be a directory every node shares "
+                    problem = (f"rank {distributed.rank()} " + (f"does not see {p}, which rank 0 wrote" if not p.exists()
+                               else f"sees a different {p} from the one rank 0 wrote")
+                               + ": under torchrun, --out must be a directory every node shares "
                                "(the same path on a shared file system, e.g. NFS)")
                     break
         problems = [p for p in distributed.gather(problem) if p]
