@@ -6,7 +6,7 @@ with and without the int8 weight preparation (export.quantize.prepare_for_int8),
 
 For each run directory the student is exported with ``pipeline.stages.export_student`` (server
 files only, every int8 format) twice: as configured, and with the preparation switched off
-(``prepare=False``), so both columns come from the same fp32 student. Also reports the
+(``--set export.int8.prepare=false``), so both columns come from the same fp32 student. Also reports the
 irreducible error of 8-bit *input* quantization for a 1-D input (see ``input_quantization_floor``).
 """
 
@@ -17,7 +17,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -43,28 +42,11 @@ def input_quantization_floor(x_calib: np.ndarray, x_test: np.ndarray, f, y_clean
 
 
 def export_rows(run: Path, out: Path, prepare: bool) -> list[dict]:
-    from export import quantize, tflite
     from pipeline.config import load_config
     from pipeline.stages import export_student
 
-    cfg = load_config(run / "config.yaml")
-    patches = []
-    if not prepare:
-        def noprep(src, dst, *a, **k):
-            from pipeline.io import atomic_copy
-
-            atomic_copy(Path(src), Path(dst))
-            return {"applied": False}
-
-        patches = [mock.patch.object(quantize, "prepare_for_int8", noprep)]
-    formats = ["onnx_fp32"] + INT8
-    for p in patches:
-        p.start()
-    try:
-        return export_student(cfg, run, out, formats, android=False)["formats"]
-    finally:
-        for p in patches:
-            p.stop()
+    cfg = load_config(run / "config.yaml", [f"export.int8.prepare={str(prepare).lower()}"])
+    return export_student(cfg, run, out, ["onnx_fp32"] + INT8, android=False)["formats"]
 
 
 def main() -> None:

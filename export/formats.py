@@ -94,7 +94,8 @@ def _make_onnx_int8(job: ExportJob, fmt: Format) -> Path:
 
 def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:
     q = job.cfg.int8
-    return quantize_int8_dynamic(_base_onnx(job), job.file(fmt), q.per_channel, calib_x=job.calib,
+    return quantize_int8_dynamic(_base_onnx(job), job.file(fmt), q.per_channel,
+                                 calib_x=job.calib if q.prepare else None,  # calib_x: weight preparation
                                  float_first_layer=q.float_first_layer)
 
 

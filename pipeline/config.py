@@ -265,7 +265,7 @@ class Int8Config(_Strict):
     )
     prepare: bool = Field(
         True, description="MLP students: equalise hidden channels and round weights GPTQ-style onto the int8 grid "
-        "before ONNX static int8 / TFLite int8 conversion (fp32 function unchanged)"
+        "before ONNX static / dynamic int8 and TFLite int8 conversion (fp32 function unchanged)"
     )
 
 
