@@ -1,5 +1,7 @@
 """Loss terms and methods on hand-computed cases."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,20 @@ def test_robust_scale_of_vector_residuals_keeps_clean_samples():
     norms = np.linalg.norm(r, axis=1)
     assert np.mean(norms[:8000] > 2 * scale) < 0.05  # chi with 2 dof: P(|r| > 2 sqrt(2) sigma) = e^-4
     assert np.mean(norms[8000:] > 2 * scale) > 0.8
+
+
+def test_gaussian_student_loss_and_abstention_metrics_by_hand():
+    from pipeline.metrics import task_metrics
+
+    cfg = load_config(overrides=["distill.method=gaussian", "distill.baselines=[]", "distill.kd.alpha=1.0"]).distill
+    method = build_method("gaussian", cfg, None)
+    assert method.n_extra(3) == 3  # one log-variance per output
+    out = torch.tensor([[1.0, 0.0], [2.0, math.log(4.0)]])  # (mean, log-variance) per sample
+    y = torch.tensor([[0.0], [0.0]])
+    # alpha = 1: Gaussian NLL only, 0.5 * (log var + (y - mean)^2 / var), averaged
+    expected = 0.5 * ((0.0 + 1.0) + (math.log(4.0) + 4.0 / 4.0)) / 2
+    assert float(method.loss(out, None, y, torch.zeros(2, 1))) == pytest.approx(expected, rel=1e-6)
+    # abstaining on the larger variance keeps sample 0 (error 1) at 50 % coverage
+    m = task_metrics(np.array([[1.0, 0.0], [2.0, 5.0]]), np.array([[0.0], [0.0]]), "regression", abstain=True)
+    assert m["rmse"] == pytest.approx(math.sqrt((1 + 4) / 2))
+    assert m["rmse_at_coverage"]["50"] == pytest.approx(1.0) and m["rmse_at_coverage"]["100"] == pytest.approx(m["rmse"])
