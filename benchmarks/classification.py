@@ -42,7 +42,7 @@ def run_cell(cfg, methods):
         student, _, m = train_student(cfg, splits, yt, name, srl["significance"])
         logits, _ = predict(student, splits.x["test"])
         d = m.describe()
-        row["methods"][name] = {**classification_metrics(logits, splits.y_clean["test"], abstain=m.extra_outputs > 0),
+        row["methods"][name] = {**classification_metrics(logits, splits.y_clean["test"], abstain=m.abstains()),
                                 "samples_used": d.get("samples_used_share_mean", 1.0)}
     return row
 

@@ -37,7 +37,7 @@ def main() -> int:
         for name, (method, overrides) in settings.items():
             cfg = load_config(config, [f"seed={seed}", f"data.noise.label_noise={rate}", *overrides])
             student, _, m = train_student(cfg, splits, yt, method, srl["significance"])
-            abstain = m.extra_outputs > 0
+            abstain = m.abstains()
             test = classification_metrics(predict(student, splits.x["test"])[0], splits.y_clean["test"], abstain)
             val = classification_metrics(predict(student, splits.x["val"])[0], splits.y["val"], abstain)
             r = res.setdefault(name, {"val": [], "test": [], "r80s": [], "r80a": []})

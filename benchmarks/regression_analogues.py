@@ -50,7 +50,7 @@ def main() -> int:
         for m in methods:
             student, _, method = train_student(cfg, splits, yt, m)
             pred, _ = predict(student, splits.x["test"])
-            met = task_metrics(pred, splits.y_clean["test"], "regression", abstain=method.extra_outputs > 0)
+            met = task_metrics(pred, splits.y_clean["test"], "regression", abstain=method.abstains())
             row[m] = met["rmse"]
             if "rmse_at_coverage" in met:
                 row[m + "_cov"] = met["rmse_at_coverage"]

@@ -232,18 +232,11 @@ def selective_risk(
 
     ``pred`` are predicted class indices (N,). At c = 1 this is the plain error rate. c must be in (0, 1].
     """
-    n = labels.shape[0]
-    if n == 0:
-        raise ValueError("selective_risk needs at least one sample")
+    from pipeline.metrics import kept_by_coverage
+
     wrong = (pred.reshape(-1) != labels.reshape(-1)).to(torch.float64)
-    order = torch.sort(abstain_score.detach().reshape(-1), stable=True).indices
-    out: dict[float, float] = {}
-    for c in coverages:
-        if not 0 < c <= 1:
-            raise ValueError(f"coverage must be in (0, 1], got {c}")
-        keep = order[: max(1, int(round(c * n)))]
-        out[float(c)] = float(wrong[keep].mean())
-    return out
+    return {c: float(wrong[torch.as_tensor(kept)].mean())
+            for c, kept in kept_by_coverage(abstain_score.detach().reshape(-1).cpu().numpy(), coverages)}
 
 
 # --------------------------------------------------------------------------- self-regulated learning

@@ -242,24 +242,26 @@ def make_source(cfg: DataConfig, seed: int) -> Splits:
     return splits
 
 
-_SOURCE_CACHE: dict[str, object] = {}
+_SOURCE_CACHE: dict[str, tuple[int, object]] = {}
 
 
-def _load_source(cfg: DataConfig, seed: int):
-    """One read of a source per process (the CLI probes its shape before the data stage reads it)."""
+def _load_source(cfg: DataConfig, seed: int | None = None):
+    """One read of a source per process: the CLI probes its shape (any split will do, ``seed=None``)
+    before the data stage reads it with the run's seed."""
     import json
 
     from pipeline.sources import load_source
 
-    key = json.dumps([cfg.source.model_dump(mode="json"), seed], sort_keys=True)
-    if key not in _SOURCE_CACHE:
+    key = json.dumps(cfg.source.model_dump(mode="json"), sort_keys=True)
+    cached = _SOURCE_CACHE.get(key)
+    if cached is None or (seed is not None and cached[0] != seed):
         _SOURCE_CACHE.clear()
-        _SOURCE_CACHE[key] = load_source(cfg.source, seed)
-    return _SOURCE_CACHE[key]
+        _SOURCE_CACHE[key] = cached = (seed or 0, load_source(cfg.source, seed or 0))
+    return cached[1]
 
 
 def _source_shape(cfg: DataConfig) -> tuple[int, ...]:
-    return tuple(_load_source(cfg, 0).x["train"].shape[1:])
+    return tuple(_load_source(cfg).x["train"].shape[1:])
 
 
 DATASETS: dict[str, Callable[[DataConfig, int], Splits]] = {
@@ -295,7 +297,7 @@ def task_of(cfg: DataConfig) -> str:
 def n_outputs(cfg: DataConfig) -> int:
     """Outputs of a model on this data, known before training (m logits, or k regression targets)."""
     if cfg.name == "source":
-        return int(_load_source(cfg, 0).y["train"].shape[1])
+        return int(_load_source(cfg).y["train"].shape[1])
     return N_CLASSES.get(cfg.name, 1)
 
 

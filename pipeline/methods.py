@@ -7,9 +7,10 @@ selection are fixed up front), and its ``loss`` maps the student's two heads, th
 teacher's outputs and the samples' indices in the training set to a scalar.
 
 ``tasks`` says where a method applies (``regression``, ``classification``); the config refuses a
-method on a task it does not support. ``extra_outputs`` widens the label head (the gambler's
-abstain output). Methods that leave samples out of the backward pass count them: ``usage()`` is
-the share of training samples that took part, per epoch.
+method on a task it does not support. ``n_extra(d_out)`` widens the label head (the gambler's
+abstain output, the gaussian student's log-variances); such a method ``abstains()``. Methods that
+leave samples out of the backward pass count them: ``usage_per_epoch`` is the share of training
+samples that took part, per epoch.
 
 Adding a method is one class here, one ``@register`` line, and its tests.
 """
@@ -122,12 +123,14 @@ class Method:
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = True
     tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
-    extra_outputs: ClassVar[int] = 0
-
     @classmethod
     def n_extra(cls, d_out: int) -> int:
-        """Outputs the label head has beyond the task's ``d_out``."""
-        return cls.extra_outputs
+        """Outputs the label head has beyond the task's ``d_out`` (what selective prediction abstains on)."""
+        return 0
+
+    @classmethod
+    def abstains(cls) -> bool:
+        return cls.n_extra(1) > 0
 
     def __init__(self, cfg: DistillConfig, teacher_residuals: np.ndarray | None = None, *,
                  train_set: TrainingSet | None = None):
@@ -256,7 +259,7 @@ class _Selection(Method):
     residual |y - y_teacher|."""
 
     tasks = BOTH
-    select = True
+    select, revise = True, False  # the subclasses set both
 
     def __init__(self, cfg: DistillConfig, teacher_residuals: np.ndarray | None = None, **kw):
         super().__init__(cfg, teacher_residuals, **kw)
@@ -286,8 +289,6 @@ class _Selection(Method):
         return {**super().describe(), "selected_share": float(self.selected.float().mean()),
                 **({"ds_fraction": self.cfg.ds.fraction} if self.select else {}),
                 **({"lr_eta": self.cfg.lr.eta} if self.revise else {})}
-
-    revise = False
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         mask = self._mask(idx, label_out.shape[0])
@@ -367,7 +368,9 @@ class KnowledgeAdjustmentGambler(KnowledgeAdjustment):
     """m + 1 outputs, the last one 'abstain': alpha * gambler loss -log(p_y + p_abstain / o) +
     (1 - alpha) * adjusted KD on the m real classes. Selective prediction abstains on the largest p_abstain."""
 
-    extra_outputs = 1
+    @classmethod
+    def n_extra(cls, d_out: int) -> int:
+        return 1  # the abstain output
 
     def payoff(self, m: int) -> float:
         o = self.cfg.ka.payoff or (1 + m) / 2
@@ -453,8 +456,6 @@ class GaussianAbstain(Method):
     """The label head predicts a mean and a log-variance per output (2k outputs), trained with the
     Gaussian NLL on the labels plus MSE of the mean to the teacher: alpha * NLL(y) + (1 - alpha) *
     MSE(mean, y_teacher). Selective prediction abstains on the largest predicted variance."""
-
-    extra_outputs = 1  # flag; the real count is n_extra
 
     @classmethod
     def n_extra(cls, d_out: int) -> int:

@@ -42,16 +42,28 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def selective_risk(correct: np.ndarray, abstain_score: np.ndarray, coverages=COVERAGES) -> dict[str, float]:
-    """Error rate on the kept samples at each coverage: keep the round(c * N) samples with the lowest
-    abstention score (ties: stable order). Keys are percentages, e.g. "80"."""
-    correct = np.asarray(correct, dtype=bool).ravel()
+def kept_by_coverage(abstain_score, coverages=COVERAGES) -> list[tuple[float, np.ndarray]]:
+    """For each coverage c in (0, 1]: the indices of the max(1, round(c * N)) samples with the lowest
+    abstention score (ties: lower index first), the samples a selective predictor keeps."""
     order = np.argsort(np.asarray(abstain_score, dtype=np.float64).ravel(), kind="stable")
-    out = {}
+    if not len(order):
+        raise ValueError("selective prediction needs at least one sample")
+    out = []
     for c in coverages:
-        k = max(1, int(round(c * len(order))))
-        out[f"{round(c * 100):d}"] = float(1.0 - correct[order[:k]].mean())
+        if not 0 < c <= 1:
+            raise ValueError(f"coverage must be in (0, 1], got {c}")
+        out.append((float(c), order[: max(1, int(round(c * len(order))))]))
     return out
+
+
+def _pct(c: float) -> str:
+    return f"{round(c * 100):d}"
+
+
+def selective_risk(correct: np.ndarray, abstain_score: np.ndarray, coverages=COVERAGES) -> dict[str, float]:
+    """Error rate on the samples kept at each coverage (``kept_by_coverage``). Keys are percentages, e.g. "80"."""
+    correct = np.asarray(correct, dtype=bool).ravel()
+    return {_pct(c): float(1.0 - correct[kept].mean()) for c, kept in kept_by_coverage(abstain_score, coverages)}
 
 
 def classification_metrics(logits, labels, abstain: bool = False) -> dict:
@@ -70,13 +82,6 @@ def classification_metrics(logits, labels, abstain: bool = False) -> dict:
     return out
 
 
-def angular_error_deg(pred_py, true_py) -> np.ndarray:
-    """Per-sample angle in degrees between the 3-D gaze directions of (pitch, yaw) pairs in radians."""
-    from pipeline.sources import angular_error_deg as _angular
-
-    return _angular(np.asarray(pred_py, dtype=np.float64), np.asarray(true_py, dtype=np.float64))
-
-
 def task_metrics(pred, target, task: str = "regression", abstain: bool = False, angles: bool = False,
                  names: list[str] | None = None) -> dict:
     """The metrics of ``task``: rmse/mae (regression) or accuracy/error_rate/selective risk (classification).
@@ -93,17 +98,17 @@ def task_metrics(pred, target, task: str = "regression", abstain: bool = False, 
         k = t.shape[1]
         p, log_var = p[:, :k], p[:, k : 2 * k]
     out = regression_metrics(p, t)
-    if log_var is not None:
+    if log_var is not None:  # abstain on the largest predicted variance
         err2 = ((p - t) ** 2).mean(axis=1)
-        order = np.argsort(log_var.mean(axis=1), kind="stable")  # abstain on the largest predicted variance
-        out["rmse_at_coverage"] = {f"{round(c * 100):d}": float(np.sqrt(err2[order[: max(1, int(round(c * len(t))))]]
-                                                                        .mean())) for c in COVERAGES}
-    if t.ndim == 2 and t.shape[1] > 1:
-        p = np.asarray(pred).reshape(t.shape)
+        out["rmse_at_coverage"] = {_pct(c): float(np.sqrt(err2[kept].mean()))
+                                   for c, kept in kept_by_coverage(log_var.mean(axis=1))}
+    if t.shape[1] > 1:
         names = names if names and len(names) == t.shape[1] else [f"y{i}" for i in range(t.shape[1])]
         out["per_output"] = {n: regression_metrics(p[:, i], t[:, i]) for i, n in enumerate(names)}
         if angles:
-            err = angular_error_deg(p[:, :2], t[:, :2])
+            from pipeline.sources import angular_error_deg
+
+            err = angular_error_deg(p[:, :2].astype(np.float64), t[:, :2].astype(np.float64))
             out["angular_error_deg"] = float(err.mean())
             out["angular_error_deg_median"] = float(np.median(err))
     return out

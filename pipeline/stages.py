@@ -134,7 +134,7 @@ def _fold_scale(layer: torch.nn.Linear, scale) -> None:
 
 def deployed_abstains(cfg: Config) -> bool:
     """True when the deployed student has an extra 'abstain' output (the gambler methods)."""
-    return METHODS[cfg.distill.method].extra_outputs > 0
+    return METHODS[cfg.distill.method].abstains()
 
 
 def metrics_of(cfg: Config, splits: Splits, pred: np.ndarray, abstain: bool | None = None) -> dict:
@@ -405,7 +405,7 @@ def stage_distill(ctx: Context) -> list[str]:
             **method.describe(),
             "deployed": name == cfg.distill.method,
             "history": hist.to_dict(),
-            "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.extra_outputs > 0),
+            "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
             # the teacher head is trained by the multi-task methods only (regression)
             "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
             if splits.task == "regression" else None,
@@ -470,16 +470,16 @@ def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
     }
 
 
-def given_teacher_row(cfg: Config, splits: Splits, src: Path, out_dir: Path) -> dict:
-    """The teacher you gave as ONNX, copied as teacher.onnx for the bench, with its test metrics."""
+def given_teacher_row(cfg: Config, teacher_info: dict, src: Path, out_dir: Path) -> dict:
+    """The teacher you gave as ONNX, copied as teacher.onnx for the bench, with the test metrics the
+    teacher stage measured on this very file."""
     from pipeline.io import atomic_copy
 
     path = atomic_copy(src, out_dir / "teacher.onnx")
-    preds = given_teacher_predictions(cfg, splits, path)
     return {"format": "onnx_fp32", "model": "teacher", "runtime": "onnxruntime", "precision": "fp32",
             "strict": False, "batch": "as given", "file": path.name, "size_bytes": path.stat().st_size,
             "sha256": sha256_file(path), "status": "ok", "input": cfg.teacher.onnx_input, "origin": "given",
-            **metrics_of(cfg, splits, preds["test"], abstain=False)}
+            **teacher_info["test"]}
 
 
 def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str], android: bool) -> dict:
@@ -504,7 +504,7 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
     result["formats"] = export_all(job("student.pt", "student", out_dir, None), formats)
     teacher_info = json.loads((run_dir / "teacher.json").read_text())
     if teacher_info.get("model_file") == "teacher_given.onnx":
-        result["formats"].append(given_teacher_row(cfg, splits, run_dir / "teacher_given.onnx", out_dir))
+        result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
     else:
         result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
     if android:

@@ -71,7 +71,7 @@ def test_every_classification_method_trains_a_real_gradient():
     ts = _train_set(significance=np.linspace(0, 1, 40).astype(np.float32))
     for name in CLS_METHODS:
         method = build_method(name, cfg, None, ts)
-        width = 4 + METHODS[name].extra_outputs
+        width = 4 + METHODS[name].n_extra(4)
         logits = torch.randn(40, width, requires_grad=True)
         loss = method.loss(logits, torch.zeros(40, 4), torch.as_tensor(ts.y), torch.as_tensor(ts.teacher),
                            torch.arange(40))

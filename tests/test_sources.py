@@ -222,26 +222,14 @@ def test_csv_empty_categorical_cell(tmp_path):
 
 
 def test_csv_bad_split_values_and_empty_split(tmp_path):
-    rows = [r + ["train" if i % 2 else "validation"] for i, r in enumerate(table_rows())]
-    msg = data_error(
-        load_csv,
-        tmp_path,
-        rows,
-        HEADER + ["part"],
-        categorical=["color"],
-        split_column="part",
-    )
+    def split_error(other):
+        rows = [r + ["train" if i % 2 else other] for i, r in enumerate(table_rows())]
+        return data_error(load_csv, tmp_path, rows, HEADER + ["part"], categorical=["color"], split_column="part")
+
+    msg = split_error("validation")
     assert "row 1 (line 2), column 'part': split value 'validation' is not allowed (15 bad" in msg
     assert "allowed: train, val, test" in msg
-    rows = [r + ["train" if i % 2 else "test"] for i, r in enumerate(table_rows())]
-    msg = data_error(
-        load_csv,
-        tmp_path,
-        rows,
-        HEADER + ["part"],
-        categorical=["color"],
-        split_column="part",
-    )
+    msg = split_error("test")
     assert "leaves the val split empty (train 15, val 0, test 15)" in msg
 
 
