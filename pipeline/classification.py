@@ -164,7 +164,7 @@ def lr_ds_loss(
 # --------------------------------------------------------------------------- knowledge adjustment + abstention
 
 
-def probability_shift(p_teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def probability_shift(p_teacher: torch.Tensor, labels: torch.Tensor, min_label_prob: float = 0.0) -> torch.Tensor:
     """Knowledge adjustment by probability shift (Xu, Pu, Zhao, "KD with a precise teacher and prediction
     with abstention"). Where the teacher's argmax k != y, swap p_t[y] with the teacher's MAXIMUM p_t[k]:
 
@@ -173,11 +173,14 @@ def probability_shift(p_teacher: torch.Tensor, labels: torch.Tensor) -> torch.Te
     The result keeps the teacher's values (so it still sums to 1) but puts the top probability on y.
     Note: swapping the top-1 with the top-2 entry (as one public implementation does) is wrong whenever
     the true class is not the runner-up; this function always swaps with the true class.
+    ``min_label_prob`` > 0 (an extension for noisy labels): rows where p_t[y] < min_label_prob are left
+    unchanged, since there the label, not the teacher, is the likelier one to be wrong.
     """
     _check_labels(p_teacher, labels)
     p = p_teacher.detach().clone()
     top = p.argmax(dim=1)
-    rows = torch.nonzero(top != labels).squeeze(1)
+    p_label = p.gather(1, labels.reshape(-1, 1)).squeeze(1)
+    rows = torch.nonzero((top != labels) & (p_label >= min_label_prob)).squeeze(1)
     y, k = labels[rows], top[rows]
     p_y, p_k = p[rows, y].clone(), p[rows, k].clone()
     p[rows, y] = p_k

@@ -148,7 +148,7 @@ class TeacherConfig(_Strict):
 
 class StudentConfig(_Strict):
     backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family of the shared student backbone")
-    hidden: list[int] = Field([32, 32], min_length=1, description="widths of the shared fully connected layers")
+    hidden: list[int] = Field([64, 64], min_length=1, description="widths of the shared fully connected layers")
     channels: list[int] = Field([8, 16], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     keep_head: Literal["label", "teacher"] = Field(
@@ -187,8 +187,24 @@ class DSConfig(_Strict):
 
 
 class KAConfig(_Strict):
+    alpha: float = Field(
+        0.0, ge=0, le=1,
+        description="ka: weight of cross-entropy on the labels beside the adjusted-teacher KD; 0 = the paper's rule "
+        "(the student learns from the adjusted teacher alone, which already ranks the label first)",
+    )
     payoff: float = Field(
         0.0, ge=0, description="ka_gambler: gambler payoff o in (1, m); 0 = automatic, (1 + m) / 2"
+    )
+    min_label_prob: float = Field(
+        0.0, ge=0, lt=1,
+        description="ka, ka_gambler: shift only where the teacher's (tempered) probability of the label is at least "
+        "this; below it the label is more likely wrong than the teacher and the teacher is kept (0 = always shift, "
+        "as in the paper)",
+    )
+    pretrain_epochs: int = Field(
+        0, ge=0,
+        description="ka_gambler: first epochs trained without the abstain option (cross-entropy over the m classes), "
+        "as the deep gamblers reference code does, so the abstain output does not take over early",
     )
 
 
@@ -215,7 +231,7 @@ class TORConfig(_Strict):
 
 class TORMTConfig(_Strict):
     label_weight: float = Field(1.0, ge=0, description="weight of the TOR loss on the label head")
-    teacher_weight: float = Field(1.0, ge=0, description="weight of MSE(teacher head, y_teacher)")
+    teacher_weight: float = Field(0.5, ge=0, description="weight of MSE(teacher head, y_teacher)")
 
 
 class DistillConfig(_Strict):

@@ -343,24 +343,29 @@ class LabelRevisionDataSelection(_Selection):
 @register("ka")
 class KnowledgeAdjustment(Method):
     """Hinton KD from an adjusted teacher: where the teacher's argmax is not the label, its probability
-    of the label and its maximum probability are swapped (``classification.probability_shift``)."""
+    of the label and its maximum probability are swapped (``classification.probability_shift``).
+    As in the paper ("instead of learning a combination of both teachers and ground truth, we apply
+    knowledge adjustment"), the student learns from the adjusted teacher alone by default;
+    ``distill.ka.alpha`` > 0 adds alpha * CE(labels) as in Hinton KD. The gambler student keeps
+    ``distill.kd.alpha``: its hard term is the gambler loss, which trains the abstain output."""
 
     tasks = CLS
 
     def _shifted_kd(self, student_logits, y_teacher, labels):
         from pipeline.classification import probability_shift
 
-        p_t = probability_shift(torch.softmax(y_teacher / self.T, dim=1), labels)
+        p_t = probability_shift(torch.softmax(y_teacher / self.T, dim=1), labels, self.cfg.ka.min_label_prob)
         log_q = F.log_softmax(student_logits / self.T, dim=1)
         return (p_t * (p_t.clamp_min(1e-12).log() - log_q)).sum(dim=1).mean() * self.T ** 2
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         labels = _as_labels(y)
-        return self.alpha * F.cross_entropy(label_out, labels) + (1 - self.alpha) * self._shifted_kd(
-            label_out, y_teacher, labels)
+        a = self.cfg.ka.alpha
+        kd = self._shifted_kd(label_out, y_teacher, labels)
+        return kd if a == 0 else a * F.cross_entropy(label_out, labels) + (1 - a) * kd
 
     def describe(self):
-        return {**super().describe(), "alpha": self.alpha, "temperature": self.T}
+        return {**super().describe(), "alpha": self.cfg.ka.alpha, "temperature": self.T}
 
 
 @register("ka_gambler")
@@ -378,17 +383,28 @@ class KnowledgeAdjustmentGambler(KnowledgeAdjustment):
             raise ValueError(f"distill.ka.payoff must be in (1, {m}) for {m} classes, got {o}")
         return o
 
+    _epochs_done = 0
+
+    def epoch_end(self) -> None:
+        super().epoch_end()
+        self._epochs_done += 1
+
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         from pipeline.classification import gambler_loss
 
         labels = _as_labels(y)
         m = label_out.shape[1] - 1
-        return self.alpha * gambler_loss(label_out, labels, self.payoff(m)) + (1 - self.alpha) * self._shifted_kd(
-            label_out[:, :m], y_teacher, labels)
+        if torch.is_grad_enabled() and self._epochs_done < self.cfg.ka.pretrain_epochs:
+            # warm-up: plain cross-entropy over the m classes (validation still scores the gambler loss,
+            # so early stopping compares like with like)
+            hard = F.cross_entropy(label_out[:, :m], labels)
+        else:
+            hard = gambler_loss(label_out, labels, self.payoff(m))
+        return self.alpha * hard + (1 - self.alpha) * self._shifted_kd(label_out[:, :m], y_teacher, labels)
 
     def describe(self):
         m = self.train_set.teacher.shape[1] if self.train_set is not None else None
-        return {**super().describe(), "payoff": self.payoff(m) if m else self.cfg.ka.payoff, "abstain_output": True}
+        return {**super().describe(), "alpha": self.alpha, "payoff": self.payoff(m) if m else self.cfg.ka.payoff, "abstain_output": True}
 
 
 # ---- Mishra & Sundaram: significance-based, regulated and hybrid distillation

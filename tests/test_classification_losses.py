@@ -192,6 +192,16 @@ def test_probability_shift_random_batch_properties():
     assert torch.equal(out[untouched], p_t[untouched])
 
 
+def test_probability_shift_min_label_prob_keeps_the_teacher_where_the_label_is_implausible():
+    # row 0: label 3 has p 0.05 (< 0.1): kept as the teacher said; row 1: label 1 has p 0.3: shifted
+    p_t, y = _f([0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]), _y(3, 1)
+    out = probability_shift(p_t, y, min_label_prob=0.1)
+    assert out[0].tolist() == [0.5, 0.3, 0.15, 0.05]
+    assert out[1].tolist() == [0.3, 0.5, 0.15, 0.05]
+    # at 0 (the paper) both rows are shifted
+    assert probability_shift(p_t, y)[0].tolist() == [0.05, 0.3, 0.15, 0.5]
+
+
 # --------------------------------------------------------------------------- gambler / abstention
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from pipeline.config import load_config
@@ -118,12 +119,45 @@ def test_regulated_student_skips_samples_it_already_gets_confidently_right():
     assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0
 
 
+def test_knowledge_adjustment_learns_from_the_adjusted_teacher_alone_by_default():
+    # teacher logits favour class 0, the label says 2: the target is the tempered teacher with p[0] and
+    # p[2] swapped, and (alpha 0, the paper) the labels enter only through that swap
+    cfg = load_config(overrides=["data.name=digits", "distill.method=ka", "distill.baselines=[]"]).distill
+    method = build_method("ka", cfg, None, _train_set(n=1, m=4))
+    T = cfg.kd.temperature
+    logits, teacher, y = torch.tensor([[0.5, -1.0, 2.0, 0.0]]), torch.tensor([[3.0, 1.0, -1.0, 0.0]]), torch.tensor([2])
+    p = torch.softmax(teacher / T, dim=1)[0].tolist()
+    target = torch.tensor([[p[2], p[1], p[0], p[3]]])
+    by_hand = (target * (target.log() - torch.log_softmax(logits / T, dim=1))).sum() * T ** 2
+    assert torch.allclose(method.loss(logits, None, y, teacher), by_hand)
+    mixed = build_method("ka", load_config(overrides=["data.name=digits", "distill.method=ka", "distill.baselines=[]",
+                                                      "distill.ka.alpha=0.25"]).distill, None, _train_set(n=1, m=4))
+    assert torch.allclose(mixed.loss(logits, None, y, teacher),
+                          0.25 * torch.nn.functional.cross_entropy(logits, y) + 0.75 * by_hand)
+
+
 def test_gambler_payoff_must_lie_between_one_and_m():
     cfg = load_config(overrides=["data.name=digits", "distill.method=ka_gambler", "distill.baselines=[]",
                                  "distill.ka.payoff=12"]).distill
     method = build_method("ka_gambler", cfg, None, _train_set(n=4, m=4))
     with pytest.raises(ValueError, match=r"payoff must be in \(1, 4\)"):
         method.loss(torch.randn(4, 5), None, torch.tensor([0, 1, 2, 3]), torch.randn(4, 4), torch.arange(4))
+
+
+def test_gambler_warm_up_trains_plain_cross_entropy_then_the_gambler_loss():
+    from pipeline.classification import gambler_loss
+
+    cfg = load_config(overrides=["data.name=digits", "distill.method=ka_gambler", "distill.baselines=[]",
+                                 "distill.kd.alpha=1", "distill.ka.pretrain_epochs=1"]).distill
+    method = build_method("ka_gambler", cfg, None, _train_set(n=4, m=4))
+    logits, y, yt = torch.randn(4, 5), torch.tensor([0, 1, 2, 3]), torch.randn(4, 4)
+    ce, gamble = F.cross_entropy(logits[:, :4], y), gambler_loss(logits, y, method.payoff(4))
+    assert not torch.allclose(ce, gamble)
+    assert torch.allclose(method.loss(logits, None, y, yt), ce)  # epoch 0, training: warm-up
+    with torch.no_grad():  # validation is always scored with the gambler loss
+        assert torch.allclose(method.loss(logits, None, y, yt), gamble)
+    method.epoch_end()
+    assert torch.allclose(method.loss(logits, None, y, yt), gamble)
 
 
 # --------------------------------------------------------------------------- end to end
