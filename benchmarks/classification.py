@@ -29,17 +29,37 @@ from pipeline.metrics import classification_metrics
 from pipeline.stages import train_student, train_teacher
 from pipeline.train import predict
 
-METHODS = ["scratch", "kd", "lr", "ds", "lr_ds", "ka", "ka_gambler", "significance", "regulated", "hybrid"]
+METHODS = ["scratch", "kd", "lr", "ds", "lr_ds", "ka", "ka_gambler", "significance", "regulated", "hybrid",
+           "kd_teacher_only"]
 COVS = ["100", "95", "90", "80", "70", "50"]
 
 
-def run_cell(cfg, methods):
+# Reference rows beside the registry's methods: (row name, method, extra config overrides).
+VARIANTS = {"kd_teacher_only": ("kd", ["distill.kd.alpha=0"])}
+
+
+def knowledge_adjustment_audit(logits: np.ndarray, y: np.ndarray, y_clean: np.ndarray) -> dict:
+    """Where would the probability shift act on the training set, and who was right there? The shift
+    rewrites exactly the rows whose teacher argmax differs from the given label."""
+    top = logits.argmax(1)
+    shifted = top != y
+    n = max(int(shifted.sum()), 1)
+    return {"shifted_share": float(shifted.mean()),
+            "label_wrong_on_shifted": float(np.sum(shifted & (y != y_clean)) / n),
+            "teacher_right_on_shifted": float(np.sum(shifted & (top == y_clean)) / n)}
+
+
+def run_cell(cfg, methods, variant_cfg=lambda overrides: None):
     splits = make_dataset(cfg.data, cfg.seed)
     _, _, yt, srl = train_teacher(cfg, splits)
     row = {"teacher": classification_metrics(yt["test"], splits.y_clean["test"]),
-           "teacher_srl_share": float(np.mean(srl["share_per_epoch"])), "methods": {}}
+           "teacher_srl_share": float(np.mean(srl["share_per_epoch"])),
+           "ka_audit": knowledge_adjustment_audit(np.asarray(yt["train"]), np.asarray(splits.y["train"]).reshape(-1),
+                                                  np.asarray(splits.y_clean["train"]).reshape(-1)),
+           "methods": {}}
     for name in methods:
-        student, _, m = train_student(cfg, splits, yt, name, srl["significance"])
+        method, extra = VARIANTS.get(name, (name, None))
+        student, _, m = train_student(variant_cfg(extra) if extra else cfg, splits, yt, method, srl["significance"])
         logits, _ = predict(student, splits.x["test"])
         d = m.describe()
         row["methods"][name] = {**classification_metrics(logits, splits.y_clean["test"], abstain=m.abstains()),
@@ -55,18 +75,21 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "classification.json"),
-                    help="where to save the raw numbers")
+    ap.add_argument("--json", help="where to save the raw numbers (default, unless --no-write: "
+                    "benchmarks/results/classification.json)")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="no training: merge result files of parallel runs (e.g. one per rate), save and render")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.json is None and not args.no_write:
+        args.json = str(ROOT / "benchmarks" / "results" / "classification.json")
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         out = {**parts[0], "minutes": max(p["minutes"] for p in parts), "parallel_processes": len(parts),
                "rates": sorted({r for p in parts for r in p["rates"]}),
                "cells": sorted((c for p in parts for c in p["cells"]), key=lambda c: (c["rate"], c["seed"]))}
-        save_json(Path(args.json), out)
+        if args.json:
+            save_json(Path(args.json), out)
         body = render(out, list(out["cells"][0]["methods"]))
         print(body)
         if not args.no_write:
@@ -80,13 +103,16 @@ def main() -> int:
     cells = []
     for rate, seed in tqdm([(r, s) for r in rates for s in seeds], desc="classification", unit="cell"):
         cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"data.noise.label_noise={rate}"])
-        cells.append({"rate": rate, "seed": seed, **run_cell(cfg, methods)})
+        variant = lambda extra: load_config(  # noqa: E731
+            args.config, [*args.overrides, f"seed={seed}", f"data.noise.label_noise={rate}", *extra])
+        cells.append({"rate": rate, "seed": seed, **run_cell(cfg, methods, variant)})
         print(f"rate {rate} seed {seed}: teacher {cells[-1]['teacher']['accuracy']:.4f} "
               + " ".join(f"{k} {v['accuracy']:.4f}" for k, v in cells[-1]["methods"].items()), flush=True)
     minutes = (time.time() - t0) / 60
     out = {"machine": machine(), "minutes": minutes, "config": args.config, "overrides": args.overrides,
            "rates": rates, "seeds": seeds, "cells": cells}
-    save_json(Path(args.json), out)
+    if args.json:
+        save_json(Path(args.json), out)
     body = render(out, methods)
     print(body)
     if not args.no_write:
@@ -113,12 +139,20 @@ def render(out: dict, methods: list[str]) -> str:
         "| teacher (CNN) | " + " | ".join(mean_std([c["teacher"]["accuracy"] for c in cells if c["rate"] == r])
                                          for r in rates) + " |",
     ]
+    names = {"kd_teacher_only": "kd, alpha = 0 (teacher only; reference)"}
     for m in methods:
         cols = []
         for r in rates:
             used = [c["methods"][m]["samples_used"] for c in cells if c["rate"] == r]
             cols.append(mean_std(acc(r, m)) + (f" [{np.mean(used):.2f}]" if np.mean(used) < 0.999 else ""))
-        lines.append(f"| {m} | " + " | ".join(cols) + " |")
+        lines.append(f"| {names.get(m, m)} | " + " | ".join(cols) + " |")
+    if all("ka_audit" in c for c in cells):
+        audit = lambda r, k: np.mean([c["ka_audit"][k] for c in cells if c["rate"] == r])  # noqa: E731
+        lines += ["", "Where the probability shift (ka) acts: training rows whose teacher argmax differs from "
+                  "the given label, mean over seeds:", "",
+                  "| noise | rows shifted | label wrong on them | teacher right on them |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r:g} | {audit(r, 'shifted_share'):.3f} | {audit(r, 'label_wrong_on_shifted'):.3f} | "
+                  f"{audit(r, 'teacher_right_on_shifted'):.3f} |" for r in rates]
     lines += ["", "Selective risk (error rate on the kept test samples) at each coverage, mean over seeds:", "",
               "| noise | model, abstains on | " + " | ".join(f"{c} %" for c in COVS) + " |",
               "| --- | --- |" + " --- |" * len(COVS)]

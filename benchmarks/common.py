@@ -61,7 +61,7 @@ def int8_rmse(cfg: Config, two_head, splits: Splits) -> float:
         fp32 = export_onnx(deployed, Path(tmp) / "s.onnx", splits.x["train"].shape[1], cfg.export.opset)
         int8 = quantize_int8_static(fp32, Path(tmp) / "s.int8.onnx", splits.x["train"][: q.calibration_samples],
                                     "input", q.calibrate_method, q.per_channel,
-                                    float_first_layer=q.float_first_layer)
+                                    float_first_layer=q.float_first_layer, prepare=q.prepare)
         out = predict_all(load_model(str(int8)), splits.x["test"])
     return rmse(out, splits.y_clean["test"])
 

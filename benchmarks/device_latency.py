@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import ROOT, machine, write_section
 
@@ -43,20 +44,19 @@ def section(name: str, export: dict, report: dict) -> list[str]:
                  + "; ".join(f"{m} {v['test_label_head']['rmse']:.4g}" for m, v in s.items())
                  + f". Parameters: teacher {report['sizes']['teacher_params']:,}, deployed student "
                  f"{report['sizes']['deployed_params']:,}.")
-    lines += ["", "| file | status | bytes | size / fp32 | max abs diff vs PyTorch | RMSE | RMSE / PyTorch | NNAPI as is (bundle) |",
-              "|---|---|---|---|---|---|---|---|"]
-    fp32 = {}
-    for r in export["formats"]:
-        if r["format"] in ("onnx_fp32", "tflite_fp32"):
-            fp32[(r["model"], r["runtime"])] = r["size_bytes"]
+    lines += ["", "| file | status | bytes | size / fp32 (same container) | max abs diff vs PyTorch | RMSE | RMSE / PyTorch "
+              "| NNAPI as is (bundle) |", "|---|---|---|---|---|---|---|---|"]
+    # like with like: .onnx files against student.onnx, .ort against student.ort, .tflite against the fp32 .tflite
+    fp32 = {Path(r["file"]).suffix: r["size_bytes"] for r in export["formats"]
+            if r["model"] == "student" and r["format"] in ("onnx_fp32", "ort_fp32", "tflite_fp32") and "file" in r}
     bundle = {r["format"]: r for r in export.get("android", [])}
     for r in export["formats"]:
         if r["model"] != "student" or "file" not in r:
             continue
-        base = fp32.get((r["model"], r["runtime"]))
+        base = fp32.get(Path(r["file"]).suffix)
         nnapi = (bundle.get(r["format"], {}).get("mobile_usability") or {}).get("nnapi", "–")
         lines.append(f"| `{r['file']}` | {r['status']} | {r['size_bytes']:,} | "
-                     f"{r['size_bytes'] / base:.2f} | {r['max_abs_diff_vs_torch']:.2g} | {r['rmse']:.4g} | "
+                     f"{r['size_bytes'] / base:.3f} | {r['max_abs_diff_vs_torch']:.2g} | {r['rmse']:.4g} | "
                      f"{r['rmse_ratio_vs_torch']:.3f} | {nnapi} |")
     for target, b in report["bench"].items():
         res = b["results"]

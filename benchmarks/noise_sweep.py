@@ -2,6 +2,9 @@
 
     python benchmarks/noise_sweep.py                      # full sweep, rewrites its section of docs/BENCHMARKS.md
     python benchmarks/noise_sweep.py --fractions 0.2 --seeds 0 --no-write   # a quick look
+    python benchmarks/noise_sweep.py --fractions 0,0.1,0.2 --json a.json --no-write &   # on two cores:
+    python benchmarks/noise_sweep.py --fractions 0.3,0.4 --json b.json --no-write; wait
+    python benchmarks/noise_sweep.py --merge a.json b.json                             # save and render
 
 Outlier fractions x methods x seeds on the default config (the sinusoid toy), plus an *oracle*
 student (``scratch`` on the clean labels: the same inputs, noise switched off). Each cell is the
@@ -14,8 +17,10 @@ and reports int8 RMSE / fp32 RMSE.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,9 +38,20 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--config", help="base config (default: the shipped default)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--no-write", action="store_true",
+                    help="leave docs/BENCHMARKS.md and benchmarks/results/ alone (unless --json names a file)")
+    ap.add_argument("--json", help="also save the raw numbers here (for --merge)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="no training: merge the --json files of parallel runs, save and render")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = sorted((r for p in parts for r in p["results"]), key=lambda r: (r["fraction"], r["seed"]))
+        return finish(results, max(p["seconds"] for p in parts), len(parts), args)
+    import torch
+
+    torch.set_num_threads(1)  # one core per process, so parallel runs over the fractions do not contend
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -61,14 +77,23 @@ def main() -> int:
         row["oracle"] = student_rmse(clean, cs, {k: cs.y[k] for k in cs.y}, "scratch")["rmse"]
         results.append(row)
         tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    elapsed = time.time() - t0
+    if args.json:
+        save_json(Path(args.json), {"results": results, "seconds": time.time() - t0})
+    return finish(results, time.time() - t0, 1, args)
 
+
+def finish(results: list[dict], elapsed: float, processes: int, args) -> int:
+    fractions = sorted({r["fraction"] for r in results})
+    seeds = sorted({r["seed"] for r in results})
+    methods = [m for m in METHODS if all(m in r for r in results)]
     cols = ["oracle", "teacher", *methods]
     lines = [
         "## Noise sweep (issue 2): test RMSE on the clean test set",
         "",
         "Regenerate: `python benchmarks/noise_sweep.py` "
-        f"(fractions {fractions}, seeds {seeds}; {elapsed / 60:.1f} min on {machine()}).",
+        f"(fractions {fractions}, seeds {seeds}; {elapsed / 60:.1f} min on {machine()}"
+        + (f", as {processes} processes over the fractions (`--json`, then `--merge`)" if processes > 1 else "")
+        + ").",
         "Raw numbers: `benchmarks/results/noise_sweep.json`.",
         "",
         "| outlier fraction | " + " | ".join(cols) + " | tor_mt vs scratch | int8/fp32 RMSE (tor_mt) |",
@@ -97,8 +122,8 @@ def main() -> int:
     lines += [f"| {m} | {np.mean(g):.2f} |" for m, g in gaps.items() if g]
     body = "\n".join(lines)
     print(body)
-    save_json(ROOT / "benchmarks" / "results" / "noise_sweep.json", {"results": results, "seconds": elapsed})
     if not args.no_write:
+        save_json(ROOT / "benchmarks" / "results" / "noise_sweep.json", {"results": results, "seconds": elapsed})
         write_section("noise_sweep", body)
     return 0
 

@@ -74,8 +74,8 @@ def main() -> int:
     lines += ["", f"Best mean RMSE: **{best}**."]
     body = "\n".join(lines)
     print(body)
-    save_json(ROOT / "benchmarks" / "results" / "tor_defaults.json", {"results": results, "seconds": elapsed})
     if not args.no_write:
+        save_json(ROOT / "benchmarks" / "results" / "tor_defaults.json", {"results": results, "seconds": elapsed})
         write_section("tor_defaults", body)
     return 0
 
