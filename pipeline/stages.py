@@ -682,6 +682,7 @@ STAGES = [
     Stage("student", stage_student, reads=("student_mt.pt", "data.npz"), config=("student", "distill"),
           help="drop the teacher head: a single-output student"),
     Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student"),
+          version="2",  # 2: full-integer TFLite rows report input_rounding
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
     Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",), environment=bench_environment,
           help="latency and accuracy of every exported file on each target"),

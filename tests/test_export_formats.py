@@ -96,6 +96,33 @@ def test_layouts_are_recorded_per_file(exported):
     assert q["output"]["dtype"] == "int8" and "zero_point" in q["output"]["quantization"]
 
 
+def test_int8_input_files_report_what_rounding_the_input_alone_costs(exported):
+    kind, case, out, rows = exported
+    _, s, model, _ = case
+    grid = rows["tflite_int8_io"]["input_rounding"]
+    assert grid["scale"] == pytest.approx(rows["tflite_int8_io"]["io"]["input"]["quantization"]["scale"])
+    assert (grid["dtype"], grid["min"], grid["max"]) == ("int8", -128, 127)
+    # the float-I/O full-integer file quantizes its input inside the graph, to the same grid
+    assert rows["tflite_int8"]["input_rounding"]["scale"] == pytest.approx(grid["scale"])
+    for name in ("tflite_fp32", "tflite_dynamic_range", "onnx_int8", "ort_int8"):
+        assert "input_rounding" not in rows[name]
+    # the diagnostic is what it says: the int8 file's outputs are nearer the PyTorch student on the
+    # rounded inputs than on the exact ones (for the 1-D toy, input rounding is most of the int8 error)
+    x = s.x["test"].astype(np.float32)
+    xq = ((np.clip(np.round(x / grid["scale"]) + grid["zero_point"], -128, 127) - grid["zero_point"])
+          * grid["scale"]).astype(np.float32)
+    with torch.no_grad():
+        exact, rounded = model(torch.from_numpy(x)).numpy(), model(torch.from_numpy(xq)).numpy()
+    assert np.abs(rounded - exact).max() > 0
+    from device_bench.runner import predict_all
+
+    got = predict_all(load_runtime(str(out / rows["tflite_int8_io"]["file"])), x)
+    y = s.y_clean["test"]
+    assert grid["rmse"] == pytest.approx(float(np.sqrt(np.mean((rounded - y) ** 2))), rel=1e-5)
+    if kind == "mlp":
+        assert np.abs(got - rounded).mean() < np.abs(got - exact).mean()
+
+
 def test_quantized_files_are_really_smaller_for_the_cnn(exported):
     kind, _, _, rows = exported
     if kind != "cnn":
