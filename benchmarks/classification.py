@@ -49,7 +49,9 @@ def knowledge_adjustment_audit(logits: np.ndarray, y: np.ndarray, y_clean: np.nd
             "teacher_right_on_shifted": float(np.sum(shifted & (top == y_clean)) / n)}
 
 
-def run_cell(cfg, methods, variant_cfg=lambda overrides: None):
+def run_cell(config_with, methods):
+    """One noise rate and seed; ``config_with(extra)`` is the cell's config with extra overrides."""
+    cfg = config_with([])
     splits = make_dataset(cfg.data, cfg.seed)
     _, _, yt, srl = train_teacher(cfg, splits)
     row = {"teacher": classification_metrics(yt["test"], splits.y_clean["test"]),
@@ -59,7 +61,7 @@ def run_cell(cfg, methods, variant_cfg=lambda overrides: None):
            "methods": {}}
     for name in methods:
         method, extra = VARIANTS.get(name, (name, None))
-        student, _, m = train_student(variant_cfg(extra) if extra else cfg, splits, yt, method, srl["significance"])
+        student, _, m = train_student(config_with(extra) if extra else cfg, splits, yt, method, srl["significance"])
         logits, _ = predict(student, splits.x["test"])
         d = m.describe()
         row["methods"][name] = {**classification_metrics(logits, splits.y_clean["test"], abstain=m.abstains()),
@@ -102,10 +104,9 @@ def main() -> int:
     t0 = time.time()
     cells = []
     for rate, seed in tqdm([(r, s) for r in rates for s in seeds], desc="classification", unit="cell"):
-        cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"data.noise.label_noise={rate}"])
-        variant = lambda extra: load_config(  # noqa: E731
+        config_with = lambda extra, rate=rate, seed=seed: load_config(  # noqa: E731
             args.config, [*args.overrides, f"seed={seed}", f"data.noise.label_noise={rate}", *extra])
-        cells.append({"rate": rate, "seed": seed, **run_cell(cfg, methods, variant)})
+        cells.append({"rate": rate, "seed": seed, **run_cell(config_with, methods)})
         print(f"rate {rate} seed {seed}: teacher {cells[-1]['teacher']['accuracy']:.4f} "
               + " ".join(f"{k} {v['accuracy']:.4f}" for k, v in cells[-1]["methods"].items()), flush=True)
     minutes = (time.time() - t0) / 60

@@ -41,23 +41,6 @@ def input_quantization_floor(x_calib: np.ndarray, x_test: np.ndarray, f, y_clean
             "implied_ratio": float(np.sqrt(fp32_rmse ** 2 + floor ** 2) / fp32_rmse)}
 
 
-def student_on_8bit_input(run: Path, quantization: dict, fp32_rmse: float) -> dict:
-    """The fp32 PyTorch student run on the test inputs rounded to the int8-input file's own grid
-    (its input scale and zero point), float everywhere else: the part of the int8-input files' error
-    that no weight or activation scheme can remove."""
-    from pipeline.config import load_config
-    from pipeline.metrics import rmse
-    from pipeline.stages import load_model
-    from pipeline.train import predict
-
-    d = np.load(run / "data.npz")
-    scale, zp = quantization["scale"], quantization["zero_point"]
-    xq = ((np.clip(np.round(d["x_test"] / scale) + zp, -128, 127) - zp) * scale).astype(np.float32)
-    student = load_model(run / "student.pt", load_config(run / "config.yaml"))
-    r = float(rmse(predict(student, xq), d["y_clean_test"]))
-    return {"scale": scale, "zero_point": zp, "rmse": r, "ratio": r / fp32_rmse}
-
-
 def export_rows(run: Path, out: Path, prepare: bool) -> list[dict]:
     from pipeline.config import load_config
     from pipeline.stages import export_student
@@ -88,10 +71,10 @@ def main() -> None:
             entry["prepared" if prepare else "baseline"] = {
                 r["format"]: {k: r.get(k) for k in ("rmse", "rmse_ratio_vs_torch", "size_bytes", "status")}
                 for r in rows if r["model"] == "student"}
-            io_q = next((r["io"]["input"].get("quantization") for r in rows
-                         if r["model"] == "student" and r["format"] == "tflite_int8_io" and "io" in r), None)
-        if io_q:
-            entry["student_on_8bit_input"] = student_on_8bit_input(run, io_q, entry["prepared"]["onnx_fp32"]["rmse"])
+            rounding = next((r["input_rounding"] for r in rows if r["model"] == "student"
+                             and r["format"] == "tflite_int8_io" and "input_rounding" in r), None)
+        if rounding:  # export's own diagnostic: the PyTorch student on the int8-input file's grid
+            entry["input_rounding"] = rounding
         d = np.load(run / "data.npz")
         if d["x_train"].shape[1] == 1 and "x_raw_test" in d.files:
             import yaml
@@ -124,8 +107,9 @@ def render(results: list[dict]) -> str:
              "RMSE of each int8 file / RMSE of the PyTorch student on the clean test set, without → with "
              "`export.int8.prepare` (same fp32 student). *floor*: the ratio implied by the irreducible error "
              "of quantizing the 1-D input to 256 levels (applies to the TFLite full-integer files only). "
-             "*8-bit input*: the fp32 PyTorch student itself, run on the test inputs rounded to the int8-input "
-             "file's own input grid (float everywhere else), / the same student on the exact inputs.", "",
+             "*8-bit input*: the export's `input_rounding` of the int8-input file: the fp32 PyTorch student run on "
+             "the test inputs rounded to that file's own input grid (float everywhere else), / the same student on "
+             "the exact inputs.", "",
              "| seed, outliers | fp32 RMSE | " + " | ".join(INT8) + " | floor | 8-bit input |",
              "|---" * (len(INT8) + 4) + "|"]
     for e in results:
@@ -134,7 +118,7 @@ def render(results: list[dict]) -> str:
         cells = [f"{ratio('baseline', f):.3f} → **{ratio('prepared', f):.3f}**" if ratio("prepared", f) else "–"
                  for f in INT8]
         fl = e.get("input_quantization_floor", {}).get("implied_ratio")
-        q8 = e.get("student_on_8bit_input", {}).get("ratio")
+        q8 = e.get("input_rounding", {}).get("rmse_ratio_vs_torch")
         lines.append(f"| {c['seed']}, {c['data']['noise']['outlier_fraction']:g} | "
                      f"{e['prepared']['onnx_fp32']['rmse']:.4f} | " + " | ".join(cells)
                      + (f" | {fl:.3f}" if fl else " | –") + (f" | {q8:.3f} |" if q8 else " | – |"))

@@ -220,14 +220,14 @@ def input_grid(model) -> dict | None:
     return {"scale": float(scale), "zero_point": int(zp), "dtype": dtype.name, "min": int(info.min), "max": int(info.max)}
 
 
-def input_rounding(job: ExportJob, grid: dict) -> dict:
+def input_rounding(job: ExportJob, grid: dict, ref: dict) -> dict:
     """The PyTorch student, float everywhere, on the evaluation inputs rounded to ``grid``: the part of
-    an 8-bit-input file's error that no weight or activation scheme can remove."""
+    an 8-bit-input file's error that no weight or activation scheme can remove. ``ref``: the student's
+    task metrics on the exact inputs."""
     q = np.clip(np.round(job.x_eval / grid["scale"]) + grid["zero_point"], grid["min"], grid["max"])
     with torch.no_grad():
         out = job.model(torch.as_tensor((q - grid["zero_point"]) * grid["scale"], dtype=torch.float32)).numpy()
     m = task_metrics(out, job.y_eval, job.task, job.abstain)
-    ref = task_metrics(job.torch_outputs, job.y_eval, job.task, job.abstain)
     if job.task == "classification":
         return {**grid, "accuracy": m["accuracy"], "accuracy_drop_vs_torch": ref["accuracy"] - m["accuracy"]}
     return {**grid, "rmse": m["rmse"], "rmse_ratio_vs_torch": m["rmse"] / ref["rmse"] if ref["rmse"] else None}
@@ -244,13 +244,13 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         "max_abs_diff_vs_torch": max_abs_diff(out, ref),
         **task_metrics(out, job.y_eval, job.task, job.abstain, job.angles, job.output_names),
     }
+    torch_metrics = task_metrics(ref, job.y_eval, job.task, job.abstain)
     grid = input_grid(model)
     if grid is not None:
-        row["input_rounding"] = input_rounding(job, grid)
+        row["input_rounding"] = input_rounding(job, grid, torch_metrics)
     problems, over = [], []
     if model.n_outputs != 1:
         problems.append(f"has {model.n_outputs} outputs, expected exactly 1")
-    torch_metrics = task_metrics(ref, job.y_eval, job.task, job.abstain)
     limits = job.cfg.limits
     if job.task == "classification":
         row["accuracy_drop_vs_torch"] = torch_metrics["accuracy"] - row["accuracy"]

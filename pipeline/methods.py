@@ -361,8 +361,7 @@ class KnowledgeAdjustment(Method):
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         labels = _as_labels(y)
         a = self.cfg.ka.alpha
-        kd = self._shifted_kd(label_out, y_teacher, labels)
-        return kd if a == 0 else a * F.cross_entropy(label_out, labels) + (1 - a) * kd
+        return a * F.cross_entropy(label_out, labels) + (1 - a) * self._shifted_kd(label_out, y_teacher, labels)
 
     def describe(self):
         return {**super().describe(), "alpha": self.cfg.ka.alpha, "temperature": self.T}
