@@ -2,7 +2,10 @@
 published parameter counts and state-dict key names, local weight files, any input size and channel
 count, the two-head student and head drop on top of them, and an ONNX export with batch norm folded."""
 
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +48,8 @@ TORCHVISION_KEYS = {
                            "features.4.block.2.fc1.weight": (24, 72, 1, 1), "features.4.block.3.1.bias": (40,),
                            "features.16.0.weight": (960, 160, 1, 1), "classifier.0.weight": (1280, 960),
                            "classifier.3.weight": (1000, 1280)},
-    "mobilenet_v3_small": {"features.1.block.0.0.weight": (16, 1, 3, 3), "features.1.block.1.fc1.weight": (8, 16, 1, 1),
+    "mobilenet_v3_small": {"features.1.block.0.0.weight": (16, 1, 3, 3),
+                           "features.1.block.1.fc1.weight": (8, 16, 1, 1),
                            "features.1.block.1.fc2.bias": (16,), "features.1.block.2.0.weight": (16, 16, 1, 1),
                            "features.12.0.weight": (576, 96, 1, 1), "classifier.0.weight": (1024, 576),
                            "classifier.3.bias": (1000,)},
@@ -221,3 +225,10 @@ def test_onnx_export_folds_batch_norm_and_runs_hard_swish_and_se(tmp_path, chann
         want = deployed(torch.from_numpy(x)).numpy()
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_models_do_not_import_pipeline():
+    code = ("import sys, models, models.pretrained; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pipeline', 'export', 'torchvision')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
