@@ -54,7 +54,8 @@ TORCHVISION_KEYS = {
                            "features.12.0.weight": (576, 96, 1, 1), "classifier.0.weight": (1024, 576),
                            "classifier.3.bias": (1000,)},
     "efficientnet_b0": {"features.0.0.weight": (32, 3, 3, 3), "features.1.0.block.0.0.weight": (32, 1, 3, 3),
-                        "features.1.0.block.1.fc1.weight": (8, 32, 1, 1), "features.2.0.block.0.0.weight": (96, 16, 1, 1),
+                        "features.1.0.block.1.fc1.weight": (8, 32, 1, 1),
+                        "features.2.0.block.0.0.weight": (96, 16, 1, 1),
                         "features.2.0.block.2.fc2.bias": (96,), "features.6.3.block.3.1.running_var": (192,),
                         "features.8.0.weight": (1280, 320, 1, 1), "classifier.1.weight": (1000, 1280)},
 }
