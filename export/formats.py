@@ -30,6 +30,7 @@ from export.int8_arith import exact_outputs, host_int8_profile
 from export.onnx_export import INPUT_NAME, export_onnx, graph_io, to_fp16
 from export.quantize import quantize_int8_dynamic, quantize_int8_static
 from export.tflite import non_builtin_ops, onnx_to_tflite, tflite_ops
+from export.xnnpack import xnnpack_delegation
 from pipeline.config import ExportConfig
 from pipeline.errors import ParityError
 from pipeline.io import sha256_file
@@ -315,6 +316,10 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         row["tflite_ops"] = ops
         bad = non_builtin_ops(ops)
         row["builtin_ops_only"] = not bad
+        try:  # LiteRT's default CPU delegate: which nodes it takes (the rest run on builtin kernels)
+            row["xnnpack"] = xnnpack_delegation(path)
+        except Exception as exc:  # private interpreter API: a runtime without it gets no column
+            row["xnnpack"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
         if bad:
             problems.append(f"uses non-builtin TFLite ops {bad}")
     row["status"] = "failed" if problems else "over_limit" if over else "ok"

@@ -52,12 +52,25 @@ class NoiseConfig(_Strict):
         return self
 
 
+class PoseConfig(_Strict):
+    """data.name=pose: real photographs from scikit-image, rolled and scaled by known amounts."""
+
+    source: Literal["faces", "photos", "both"] = Field(
+        "faces", description="LFW face crops (grey), scikit-image's colour photographs, or both")
+    channels: Literal[1, 3] = Field(1, description="1: grey; 3: RGB (grey sources replicated)")
+    max_roll: float = Field(30.0, gt=0, le=90, description="roll angles (deg) drawn from [-max_roll, max_roll]")
+    max_log2_scale: float = Field(0.5, gt=0, le=1, description="log2 scales drawn from [-x, x]")
+    max_shift: float = Field(0.0, ge=0, le=8, description="shifts (px) drawn from [-x, x]; 0: no shift outputs")
+
+
 class DataConfig(_Strict):
-    name: Literal["sinusoid", "digits_rotation", "digits", "source"] = Field(
+    name: Literal["sinusoid", "digits_rotation", "digits", "pose", "source"] = Field(
         "sinusoid",
         description="data set (registry: pipeline.data.DATASETS); digits is a classification task; "
+        "pose: roll and scale of real photographs (several outputs; noise in units of each output's std); "
         "source: your own data, described under data.source (docs/DATA.md)",
     )
+    pose: PoseConfig = Field(default_factory=PoseConfig)
     source: SourceConfig | None = Field(
         None, description="data.name=source: kind csv | npz | image_folder | mpiigaze and its keys (docs/DATA.md)"
     )
@@ -69,7 +82,8 @@ class DataConfig(_Strict):
     amplitude: float = Field(1.0, gt=0, description="A in y = A*sin(f*x + phase)")
     frequency: float = Field(2.0, gt=0, description="f in y = A*sin(f*x + phase)")
     phase: float = Field(0.0, description="phase in y = A*sin(f*x + phase)")
-    image_size: int = Field(16, ge=8, le=64, description="digits_rotation / digits: 8x8 digits are resized to this size")
+    image_size: int = Field(16, ge=8, le=224, description="digits_rotation / digits: 8x8 digits are resized to this "
+                            "size; pose: the rendered crop size (>= 32)")
     max_angle: float = Field(
         45.0, gt=0, le=180, description="digits_rotation: rotation angles (degrees) drawn from [-max_angle, max_angle]"
     )
@@ -84,6 +98,8 @@ class DataConfig(_Strict):
                              "source: {kind: csv, path: data.csv, labels: [y]} (see docs/DATA.md)")
         if self.name != "source" and self.source is not None:
             raise ValueError(f"data.source is given but data.name is {self.name!r}; set data.name: source")
+        if self.name == "pose" and self.image_size < 32:
+            raise ValueError(f"data.image_size is {self.image_size}; the pose data set needs >= 32")
         if self.name == "source" and "noise" not in self.model_fields_set:
             # your own labels are used as they are unless you ask for injected annotation error
             self.noise = NoiseConfig(sigma=0.0, outlier_fraction=0.0)
@@ -111,9 +127,15 @@ class SRLConfig(_Strict):
     )
 
 
+BackboneName = Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
+                       "mobilenet_v3_large", "efficientnet_b0"]
+
+
 class TeacherConfig(_Strict):
-    backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family (registry: models.BACKBONES)")
-    hidden: list[int] = Field([512, 512, 512], min_length=1, description="widths of the fully connected layers")
+    backbone: BackboneName = Field("mlp", description="backbone family (registry: models.BACKBONES)")
+    width_mult: float = Field(1.0, gt=0, le=4, description="width multiplier of resnet / mobilenet / efficientnet")
+    hidden: list[int] = Field([512, 512, 512], description="widths of the fully connected layers (after the pooled "
+                              "features for resnet / mobilenet / efficientnet; may be empty for those)")
     channels: list[int] = Field([32, 64, 128], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     loss: Literal["mse", "l1", "huber"] = Field(
@@ -137,6 +159,8 @@ class TeacherConfig(_Strict):
     def _widths(self) -> TeacherConfig:
         if any(w < 1 for w in self.hidden + self.channels):
             raise ValueError(f"hidden widths and channels must be >= 1, got {self.hidden} / {self.channels}")
+        if self.backbone in ("mlp", "cnn") and not self.hidden:
+            raise ValueError(f"hidden must hold at least one width for the {self.backbone} backbone")
         if self.onnx and self.checkpoint:
             raise ValueError("give either teacher.onnx or teacher.checkpoint, not both")
         for key in ("onnx", "checkpoint"):
@@ -147,8 +171,10 @@ class TeacherConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    backbone: Literal["mlp", "cnn"] = Field("mlp", description="backbone family of the shared student backbone")
-    hidden: list[int] = Field([64, 64], min_length=1, description="widths of the shared fully connected layers")
+    backbone: BackboneName = Field("mlp", description="backbone family of the shared student backbone")
+    width_mult: float = Field(1.0, gt=0, le=4, description="width multiplier of resnet / mobilenet / efficientnet")
+    hidden: list[int] = Field([64, 64], description="widths of the shared fully connected layers (may be empty for "
+                              "resnet / mobilenet / efficientnet: their pooled features feed the heads)")
     channels: list[int] = Field([8, 16], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     keep_head: Literal["label", "teacher"] = Field(
@@ -162,6 +188,8 @@ class StudentConfig(_Strict):
     def _widths(self) -> StudentConfig:
         if any(w < 1 for w in self.hidden + self.channels):
             raise ValueError(f"hidden widths and channels must be >= 1, got {self.hidden} / {self.channels}")
+        if self.backbone in ("mlp", "cnn") and not self.hidden:
+            raise ValueError(f"hidden must hold at least one width for the {self.backbone} backbone")
         return self
 
 

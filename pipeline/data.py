@@ -242,6 +242,34 @@ def make_source(cfg: DataConfig, seed: int) -> Splits:
     return splits
 
 
+def make_pose(cfg: DataConfig, seed: int) -> Splits:
+    """Roll (deg) and log2-scale of real photographs (``pipeline.pose_data``), split by source image.
+    ``data.noise`` is in units of each output's clean training-label std (the outputs have different
+    units); labels are learned standardised and every exported file predicts in label units."""
+    from pipeline.pose_data import make_pose as render
+
+    p = cfg.pose
+    d = render(cfg.n_train, cfg.n_val, cfg.n_test, size=cfg.image_size, seed=seed, source=p.source,
+               channels=p.channels, max_roll=p.max_roll, max_log2_scale=p.max_log2_scale, max_shift=p.max_shift)
+    x_raw = {s: d[f"x_{s}"].astype(np.float32) for s in SPLITS}
+    y_clean = {s: d[f"y_{s}"].astype(np.float32) for s in SPLITS}
+    spread = y_clean["train"].std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0).astype(np.float32)
+    rng_noise = np.random.default_rng([seed, 1])
+    y, outlier = {}, {}
+    for s in ("train", "val"):
+        noisy, outlier[s] = inject_noise(y_clean[s] / spread, cfg.noise, rng_noise)
+        y[s] = (noisy * spread).astype(np.float32)
+    y["test"], outlier["test"] = y_clean["test"].copy(), np.zeros(cfg.n_test, dtype=bool)
+    splits = _normalised(x_raw, y, y_clean, outlier)
+    splits.output_names = [f"{n} ({u})" for n, u in zip(d["output_names"], d["units"])]
+    splits.description = d["description"]
+    y_std = y["train"].std(axis=0)
+    splits.y_mean = y["train"].mean(axis=0).astype(np.float32)
+    splits.y_std = np.where(y_std > 0, y_std, 1.0).astype(np.float32)
+    return splits
+
+
 _SOURCE_CACHE: dict[str, tuple[int, object]] = {}
 
 
@@ -268,6 +296,7 @@ DATASETS: dict[str, Callable[[DataConfig, int], Splits]] = {
     "sinusoid": make_sinusoid,
     "digits_rotation": make_digits_rotation,
     "digits": make_digits,
+    "pose": make_pose,
     "source": make_source,
 }
 
@@ -275,6 +304,7 @@ INPUT_SHAPES: dict[str, Callable[[DataConfig], tuple[int, ...]]] = {
     "sinusoid": lambda cfg: (1,),
     "digits_rotation": lambda cfg: (1, cfg.image_size, cfg.image_size),
     "digits": lambda cfg: (1, cfg.image_size, cfg.image_size),
+    "pose": lambda cfg: (cfg.pose.channels, cfg.image_size, cfg.image_size),
     "source": _source_shape,
 }
 
@@ -286,6 +316,8 @@ OUTPUT_MEANING: dict[str, str] = {
     "sinusoid": "y = A*sin(f*x + phase), label units",
     "digits_rotation": "in-plane rotation angle of the digit, degrees (counter-clockwise)",
     "digits": "logits of the 10 digit classes 0..9 (softmax for probabilities)",
+    "pose": "in-plane roll of the crop (degrees, counter-clockwise) and its log2 scale (then shift x, y in px "
+            "when data.pose.max_shift > 0)",
     "source": "the label columns of your data, in their own units",
 }
 
@@ -298,6 +330,8 @@ def n_outputs(cfg: DataConfig) -> int:
     """Outputs of a model on this data, known before training (m logits, or k regression targets)."""
     if cfg.name == "source":
         return int(_load_source(cfg).y["train"].shape[1])
+    if cfg.name == "pose":
+        return 2 + (2 if cfg.pose.max_shift > 0 else 0)
     return N_CLASSES.get(cfg.name, 1)
 
 

@@ -116,6 +116,16 @@ def collect(run_dir: Path, cfg: Config) -> dict:
     }
 
 
+def _xnnpack(x: dict | None) -> str:
+    """'100/109 in 10 partitions (not: RELU_0_TO_1 x9)' for a TFLite row; '–' otherwise."""
+    if not x or "nodes" not in x:
+        return "–"
+    text = f"{x['delegated']}/{x['nodes']}" + ("" if x["partitions"] == 1 else f" in {x['partitions']} partitions")
+    if x["not_delegated"]:
+        text += " (not: " + ", ".join(f"{op} x{n}" for op, n in x["not_delegated"].items()) + ")"
+    return text
+
+
 def tables(rep: dict) -> list[Table]:
     out: list[Table] = []
     task = _task(rep)
@@ -148,13 +158,13 @@ def tables(rep: dict) -> list[Table]:
     vs = ("accuracy_drop_vs_torch", "accuracy drop vs torch") if task == "classification" else (
         "rmse_ratio_vs_torch", "RMSE / torch")
     header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", c1,
-              vs[1], "NNAPI as is", "builtin ops only", "note"]
+              vs[1], "NNAPI as is", "builtin ops only", "XNNPACK nodes", "note"]
 
     def export_rows(rows):
         return [[r["model"], r["format"], str(r.get("batch", "")), r.get("file", "–"), _f(r.get("size_bytes")),
                  r["status"], _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get(k1)),
                  _f(r.get(vs[0]), 3), (r.get("mobile_usability") or {}).get("nnapi", "–"),
-                 {True: "yes", False: "NO"}.get(r.get("builtin_ops_only"), "–"),
+                 {True: "yes", False: "NO"}.get(r.get("builtin_ops_only"), "–"), _xnnpack(r.get("xnnpack")),
                  (r.get("error") or "").strip().splitlines()[-1][:160] if r.get("error") else ""]
                 for r in rows]
 
@@ -414,7 +424,15 @@ def short_table(run_dir: Path) -> str:
     targets = list(rep["bench"])
     by = {t: {(r["model"], r["file"]): r for r in b["results"]} for t, b in rep["bench"].items()}
     short = {t: ("qemu-arm64*" if b.get("emulated") else t)[:12] for t, b in rep["bench"].items()}
-    head = f"{'model / file':<46}{title:>9}{'bytes':>10}" + "".join(f"{'p50 ms ' + short[t]:>20}" for t in targets)
+    # several outputs: each one's RMSE in its own unit, after the overall figure
+    names = list(((rep["deployed"] or {}).get("test") or {}).get("per_output") or {})
+
+    def per_output(m: dict | None) -> str:
+        po = (m or {}).get("per_output") or {}
+        return "".join(f"{po[n]['rmse']:>18.4f}" if n in po else f"{'–':>18}" for n in names)
+
+    head = (f"{'model / file':<46}{title:>9}" + "".join(f"{n[:17]:>18}" for n in names) + f"{'bytes':>10}"
+            + "".join(f"{'p50 ms ' + short[t]:>20}" for t in targets))
     lines = [head]
 
     def p50s(model, file):
@@ -422,15 +440,17 @@ def short_table(run_dir: Path) -> str:
                        else f"{'–':>20}" for t in targets)
 
     t = rep["teacher"]
-    lines.append(f"{'teacher.onnx':<46}{t['test'][key]:>9.4f}{'':>10}" + p50s("teacher", "teacher.onnx"))
+    lines.append(f"{'teacher.onnx':<46}{t['test'][key]:>9.4f}{per_output(t['test'])}{'':>10}"
+                 + p50s("teacher", "teacher.onnx"))
     for name, m in rep["students"].items():
         if not m.get("deployed"):
-            lines.append(f"{'student ' + name + ' (PyTorch, baseline)':<46}{m['test_label_head'][key]:>9.4f}")
+            lines.append(f"{'student ' + name + ' (PyTorch, baseline)':<46}{m['test_label_head'][key]:>9.4f}"
+                         + per_output(m["test_label_head"]))
     method = rep["config"]["distill"]["method"]
     for r in rep["export"].get("formats", []):
         if r["model"] == "student" and key in r:
-            lines.append(f"{'student ' + method + ' ' + r['file']:<46}{r[key]:>9.4f}{r['size_bytes']:>10}"
-                         + p50s("student", r["file"]))
+            lines.append(f"{'student ' + method + ' ' + r['file']:<46}{r[key]:>9.4f}{per_output(r)}"
+                         f"{r['size_bytes']:>10}" + p50s("student", r["file"]))
     if any(b.get("emulated") for b in rep["bench"].values()):
         lines.append("* emulated under qemu: latency is not device latency; accuracy is from ARM outputs")
     if rep.get("verdicts") is not None:

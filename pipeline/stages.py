@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 import pipeline
 from models import Regressor, TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
+from models.deploy import mobile_friendly
 from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset, n_outputs
-from pipeline.errors import UserError
+from pipeline.errors import ParityError, UserError
 from pipeline.io import atomic_write, atomic_write_json, sha256_file
 from pipeline.methods import METHODS, TrainingSet, build_method
 from pipeline.metrics import max_abs_diff, regression_metrics, task_metrics
@@ -40,7 +41,8 @@ Shape = tuple[int, ...]
 
 
 def _backbone(section, input_shape: Shape):
-    return build_backbone(section.backbone, input_shape, section.hidden, section.activation, section.channels)
+    return build_backbone(section.backbone, input_shape, section.hidden, section.activation, section.channels,
+                          width_mult=section.width_mult)
 
 
 def build_teacher(cfg: Config, input_shape: Shape, out_features: int) -> Regressor:
@@ -491,10 +493,25 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
     splits = Splits.load(run_dir / "data.npz")
     shape, _ = _dims(splits)
 
+    rewrites = {}
+
+    def deployable(model_file):
+        """The model as exported: hard-sigmoid / hard-swish as ReLU6 arithmetic (models.deploy), checked
+        against the trained model here so the files' parity with PyTorch still holds for the original."""
+        original = load_model(run_dir / model_file, cfg)
+        model = mobile_friendly(original)
+        if model is not original:
+            diff = max_abs_diff(predict(model, splits.x["test"]), predict(original, splits.x["test"]))
+            rewrites[model_file] = {"rewrite": "hard-sigmoid/hard-swish as ReLU6", "max_abs_diff": diff}
+            if not diff <= cfg.export.parity_atol:  # NaN fails too
+                raise ParityError(f"{model_file}: the ReLU6 form of hard-sigmoid/hard-swish differs from the trained "
+                                  f"model by {diff:.3g} > export.parity_atol={cfg.export.parity_atol:g}")
+        return model
+
     def job(model_file, stem, directory, batch):
         meta = export_metadata(cfg, splits, batch)
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
-        return ExportJob(model=load_model(run_dir / model_file, cfg), out_dir=directory, input_shape=shape,
+        return ExportJob(model=deployable(model_file), out_dir=directory, input_shape=shape,
                          x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
                          y_calib=splits.y["train"],
                          cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch,
@@ -519,6 +536,8 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
         write_bundle(bundle_dir, rows, export_metadata(cfg, splits, a.batch))
         result["android"] = rows
+    if rewrites:
+        result["deploy_rewrites"] = rewrites
     return result
 
 
@@ -566,7 +585,7 @@ def stage_bench(ctx: Context) -> list[str]:
     outputs; fp32 outputs on other targets must match the host's within ``bench.parity_atol``."""
     from device_bench.targets import parse_target
 
-    from pipeline.errors import ParityError
+
 
     cfg = ctx.cfg
     b = cfg.bench

@@ -112,6 +112,7 @@ def fit(
         # a method may leave a head out of its loss (e.g. scratch): those parameters get no gradient
         net = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
@@ -126,6 +127,8 @@ def fit(
             batches = (perm[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size))
         running, seen = 0.0, 0
         for idx in batches:
+            if len(idx) < 2 and has_batchnorm:  # batch norm cannot normalise one sample in training mode
+                continue
             batch = [t[idx] for t in train_t]
             loss = loss_fn(net, batch)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,72 @@
+"""A MobileNetV3-Small student and a ResNet-18 teacher (both tiny widths) through every stage on the
+pose task: real face crops, two outputs in their own units, every export format checked against
+PyTorch, XNNPACK delegation measured, benched on the host and on emulated aarch64."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+TINY_POSE = {
+    "seed": 0,
+    "data": {"name": "pose", "image_size": 32, "n_train": 192, "n_val": 64, "n_test": 64,
+             "pose": {"source": "faces", "channels": 1},
+             "noise": {"sigma": 0.05, "outlier_fraction": 0.2, "outlier_low": -4.0, "outlier_high": 4.0}},
+    "teacher": {"backbone": "resnet18", "width_mult": 0.25, "hidden": [], "loss": "l1",
+                "train": {"epochs": 2, "patience": 2, "batch_size": 64}},
+    "student": {"backbone": "mobilenet_v3_small", "width_mult": 0.25, "hidden": [], "max_param_ratio": 0.2},
+    "distill": {"baselines": ["scratch"], "train": {"epochs": 2, "patience": 2, "batch_size": 64}},
+    "export": {"android": {"enabled": False}},
+    "bench": {"targets": ["host", "qemu-aarch64"], "warmup": 2, "runs": 10, "emulated_teacher_rows": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def pose_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pose")
+    (d / "pose.yaml").write_text(yaml.safe_dump(TINY_POSE))
+    proc = run_cli("run", "--config", d / "pose.yaml", "--out", d / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d / "run"
+
+
+def test_split_by_face_and_outputs_in_their_units(pose_run):
+    data = json.loads((pose_run / "data.json").read_text())
+    assert data["input_shape"] == [1, 32, 32]
+    rep = json.loads((pose_run / "report.json").read_text())
+    row = next(r for r in rep["export"]["formats"] if r["model"] == "student" and r["format"] == "onnx_fp32")
+    assert set(row["per_output"]) == {"roll (deg)", "log2_scale (log2)"}
+    assert row["per_output"]["roll (deg)"]["rmse"] > row["per_output"]["log2_scale (log2)"]["rmse"]  # degrees vs log2
+
+
+def test_every_format_checked_with_batch_norm_folded_and_relu6_rewrite(pose_run):
+    exp = json.loads((pose_run / "export.json").read_text())
+    rows = {r["format"]: r for r in exp["formats"] if r["model"] == "student"}
+    assert len(rows) == 11 and all(r["status"] in ("ok", "over_limit") for r in rows.values()), rows
+    scale = max(1.0, float(np.abs(np.load(pose_run / "data.npz")["y_clean_test"]).max()))
+    for name in ("onnx_fp32", "ort_fp32", "tflite_fp32"):
+        assert rows[name]["max_abs_diff_vs_torch"] <= 1e-4 * scale, rows[name]
+    ops = {n.op_type for n in onnx.load(str(pose_run / "student.onnx")).graph.node}
+    assert "BatchNormalization" not in ops and "HardSwish" not in ops and "Clip" in ops
+    assert exp["deploy_rewrites"]["student.pt"]["max_abs_diff"] <= 1e-5
+    # hard-swish as ReLU6 arithmetic: the float TFLite files are one XNNPACK partition
+    for name in ("tflite_fp32", "tflite_fp16"):
+        assert rows[name]["xnnpack"]["fully_delegated"], rows[name]["xnnpack"]
+
+
+def test_benched_on_emulated_arm_with_arm_verdicts(pose_run):
+    arm = json.loads((pose_run / "bench" / "qemu-aarch64.json").read_text())
+    students = {r["file"]: r for r in arm["results"] if r["model"] == "student"}
+    assert students["student.int8.onnx"]["platform"]["machine"] == "aarch64"
+    assert "rmse" in students["student.int8.onnx"] and "per_output" in students["student.int8.onnx"]
+    rep = json.loads((pose_run / "report.json").read_text())
+    judged = {v["file"]: v["judged_on"] for v in rep["verdicts"]}
+    assert judged["student.int8.onnx"] == "qemu-aarch64 outputs (ARM)"
+    md = (pose_run / "report.md").read_text()
+    assert "XNNPACK nodes" in md
