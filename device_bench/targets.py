@@ -93,10 +93,11 @@ class HostTarget(Target):
             cmd = [sys.executable, str(RUNNER), "--model", str(model), "--inputs", str(inputs),
                    "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
                    "--batch", str(batch), "--json", str(out), *max_seconds_args(max_seconds)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            from pipeline.procs import run_child
+
+            proc = run_child(cmd, timeout=timeout)
             if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                raise TargetError(f"runner failed on host for {model.name}: " + " | ".join(tail))
+                raise TargetError(f"runner failed on host for {model}: {runner_error(proc.stderr or proc.stdout)}")
             result = json.loads(out.read_text())
         result.update(target=self.label, emulated=self.emulated)
         return result
@@ -119,6 +120,15 @@ def parse_target(spec: str) -> Target:
     if cls is None:
         raise TargetError(f"unknown bench target {spec!r}; allowed: {allowed_forms()}")
     return cls(spec)
+
+
+def runner_error(text: str) -> str:
+    """The runner's own one-line ``error: ...`` from its output, else the last line (no traceback)."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    return lines[-1][:300] if lines else "no output"
 
 
 def max_seconds_args(max_seconds) -> list[str]:
