@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,7 +85,9 @@ class HostTarget(Target):
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
             max_seconds=None) -> dict:
         model = self.existing_model(model)
-        with tempfile.TemporaryDirectory(prefix="pocketkd-bench-") as tmp:
+        from pipeline.procs import temp_dir
+
+        with temp_dir("pocketkd-bench") as tmp:  # removed on every exit; a SIGKILLed run's by the next run
             inputs = Path(tmp) / "inputs.npz"
             out = Path(tmp) / "result.json"
             np.savez(inputs, x=np.asarray(x, dtype=np.float32))

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline import distributed
     from pipeline.config import load_config
+    from pipeline.procs import sweep_stale_temp_dirs
     from pipeline.report import short_table
     from pipeline.rundir import RunLock, check_out_dir
     from pipeline.stages import check_model_sizes, default_runner, resolve_targets
@@ -99,6 +100,8 @@ def cmd_run(args) -> int:
 
     lock = distributed.on_main(check_and_lock)
     try:
+        for prefix in ("pocketkd-onnx2tf", "pocketkd-bench"):
+            sweep_stale_temp_dirs(prefix)  # what a SIGKILLed run could not remove
         for note in notes:
             log.warning("%s", note)
         log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,

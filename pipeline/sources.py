@@ -371,7 +371,9 @@ def _read_table(p: Path, what: str) -> _Table:
     return _Table(what, header, rows, lines)
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Values are trained in float32, where squares (variance, MSE) overflow beyond sqrt(3.4e38) ~ 1.8e19:
+# larger magnitudes would turn into inf and then NaN on the way, so they are refused where they enter.
+FLOAT32_MAX = float(np.sqrt(np.finfo(np.float32).max))
 
 
 def _numeric_block(table: _Table, columns: list[str], role: str) -> np.ndarray:
@@ -411,8 +413,9 @@ def _numeric_block(table: _Table, columns: list[str], role: str) -> np.ndarray:
     if big:
         i, j = min(big)
         raise DataError(
-            f"{table.what}: {table.where(i)}, column '{columns[j]}': value {cols[j][i]!r} overflows float32 "
-            f"({len(big)} such cells in total); every {role} value must lie within +-3.4e38 (rescale the column)"
+            f"{table.what}: {table.where(i)}, column '{columns[j]}': value {cols[j][i]!r} is too large for float32 "
+            f"training ({len(big)} such cells in total); every {role} value must lie within +-1.8e19, where its "
+            "square still fits float32 (rescale the column)"
         )
     return out
 
@@ -522,8 +525,9 @@ def _npz_numeric(a: np.ndarray, name: str, what: str) -> np.ndarray:
     if big.any():
         rows = np.flatnonzero(big.any(axis=1))
         raise DataError(
-            f"{what}: array '{name}' sample {rows[0]} (0-based index) holds values that overflow float32 "
-            f"({int(big.sum())} such values in {len(rows)} samples); every value must lie within +-3.4e38"
+            f"{what}: array '{name}' sample {rows[0]} (0-based index) holds values too large for float32 "
+            f"training ({int(big.sum())} such values in {len(rows)} samples); every value must lie within +-1.8e19, "
+            "where its square still fits float32 (rescale it)"
         )
     return a
 
