@@ -864,6 +864,30 @@ def test_checks_fail_on_nan():
     assert np.isnan(diff) and not diff <= 1e-4
 
 
+def test_fp16_onnx_is_topologically_sorted_and_passes_the_full_checker(tmp_path):
+    """The float16 converter appends the input Cast at the end of the graph; to_fp16 sorts the nodes."""
+    import onnx
+
+    from export.onnx_export import full_check, to_fp16
+    from tests.conftest import tiny_onnx_model
+
+    src, _, _ = tiny_onnx_model(tmp_path)
+    dst = to_fp16(src, tmp_path / "tiny.fp16.onnx")
+    assert full_check(dst) == "ok"
+    nodes = onnx.load(str(dst)).graph.node
+    assert nodes[0].op_type == "Cast" and nodes[0].input[0] == "input"
+
+
+def test_a_failed_training_loss_stops_with_one_line():
+    import math
+
+    from pipeline.errors import NonFiniteError
+    from pipeline.train import _require_finite_loss
+
+    with pytest.raises(NonFiniteError, match="teacher: loss is not finite at epoch 3"):
+        _require_finite_loss("teacher", 2, math.nan, 0.1)
+
+
 # --------------------------------------------------------------------------- kill and resume
 
 TINY = {

@@ -42,6 +42,11 @@ def test_every_export_was_checked_against_pytorch(e2e_run):
     for (model, fmt), r in by.items():
         assert r["status"] in ("ok", "over_limit"), r
         assert r["n_outputs"] == 1
+        assert r["non_finite_outputs"] == 0
+        if r["file"].endswith(".onnx"):  # onnx.checker.check_model(full_check=True), e.g. fp16 nodes sorted
+            assert r["onnx_checker"] == "ok", r
+        if r["file"].endswith(".tflite"):  # TensorFlow's own interpreter loads it too, not only LiteRT
+            assert r["tensorflow_interpreter"] == "ok", r
         if fmt.endswith("fp32"):
             assert r["max_abs_diff_vs_torch"] <= 1e-4
     # int8 error is measured and reported, and is not zero (it really is quantized)
