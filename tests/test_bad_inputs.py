@@ -792,14 +792,37 @@ def test_only_refuses_inputs_that_differ_from_the_manifest(data_run, tmp_path):
         assert tree_digest(tmp_path) == before, tamper
 
 
-def test_refused_stage_keeps_previous_outputs(data_run, tmp_path):
-    """A refused --only data (bad data) leaves data.npz, data.json and the manifest as they were."""
+def test_refused_rerun_leaves_the_run_directory_as_it_was(data_run, tmp_path):
+    """A refused --only data (bad config) leaves data.npz, data.json and the manifest as they were."""
     out = _copy_run(data_run, tmp_path)
     before = tree_digest(out)
     rc, err = run_in_process("pipeline", ["run", "--out", str(out), HOST, "--only", "data",
                                           "--set", "data.n_train=3"])
     assert_one_line_exit_2(rc, err, "refused --only data")
     assert tree_digest(out) == before
+
+
+def test_a_stage_that_fails_keeps_its_previous_outputs_and_the_manifest(tmp_path):
+    """Write to temp, rename on success: a stage that raises half-way leaves the files of its last
+    successful run and manifest.json byte for byte as they were, and the next run redoes it."""
+    from pipeline.config import load_config
+    from tests.test_runner import Calls, make_runner
+
+    calls = Calls()
+    runner, cfg = make_runner(calls), load_config()
+    runner.run(tmp_path, cfg)
+    before = tree_digest(tmp_path)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["stages"]["square"]
+    calls.fail_in = "square"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tmp_path, cfg, force=True)  # 'numbers' runs again (same bytes), then 'square' fails
+    after = tree_digest(tmp_path)
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["square"] == entry
+    calls.fail_in, calls.log[:] = None, []
+    res, _ = runner.run(tmp_path, cfg)
+    assert [r.status for r in res] == ["cached", "cached", "cached"]  # nothing was half-replaced
 
 
 def test_marker_and_force(data_run, tmp_path):
