@@ -916,7 +916,7 @@ def test_a_failed_training_loss_stops_with_one_line():
 TINY = {
     "seed": 5,
     "data": {"n_train": 200, "n_val": 60, "n_test": 80},
-    "teacher": {"hidden": [64], "train": {"epochs": 8, "patience": 4, "lr": 0.003}},
+    "teacher": {"hidden": [64, 64], "train": {"epochs": 8, "patience": 4, "lr": 0.003}},
     "student": {"hidden": [8]},
     "distill": {"baselines": ["scratch"], "train": {"epochs": 8, "patience": 4}},
     "export": {"formats": ["onnx_fp32", "tflite_fp32"], "android": {"enabled": False}},
