@@ -158,7 +158,7 @@ def cmd_export(args) -> int:
     from pipeline.io import atomic_write_json, sha256_file
     from pipeline.stages import export_student
 
-    from pipeline.rundir import RunLock, check_out_dir, make_dir
+    from pipeline.rundir import RunLock, check_out_dir, make_dir, nearest_existing
     from pipeline.runner import Runner
 
     run_dir = _existing_run(args.run)
@@ -182,14 +182,15 @@ def cmd_export(args) -> int:
     lock = RunLock(run_dir).acquire() if same else None  # writing into the run: one writer
     staging = None
     try:
-        if new_out:  # a new --out appears only when the export succeeded
-            make_dir(out_dir.parent)
-            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        if new_out:  # a new --out (and its missing parents) appears only when the export succeeded
+            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp",
+                                            dir=nearest_existing(out_dir.parent)))
         target = staging or out_dir
         result = export_student(cfg, run_dir, target, list(formats or cfg.export.formats),
                                 cfg.export.android.enabled and not args.no_android)
         atomic_write_json(target / "export.json", result)
         if staging is not None:
+            make_dir(out_dir.parent)
             os.replace(staging, out_dir)
             staging = None
     finally:

@@ -31,7 +31,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / MARKER).is_file() or any((path / f).is_file() for f in LEGACY_RUN_FILES)
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     for parent in [path, *path.parents]:
         if parent.exists() or parent.is_symlink():
             return parent
@@ -55,7 +55,7 @@ def check_out_dir(raw: str | os.PathLike | None, force: bool = False, flag: str 
                 raise UserError(f"{flag} {path}: a non-empty directory that is not a pocketkd run (no {MARKER}); "
                                 "give a new or empty directory, or add --force to write a run into it anyway")
             return path
-        anc = _nearest_existing(path.parent if str(path.parent) else Path("."))
+        anc = nearest_existing(path.parent if str(path.parent) else Path("."))
         if anc.is_symlink() and not anc.exists():
             raise UserError(f"{flag} {path}: {anc} is a dangling symlink or symlink loop; give a creatable path")
         if not anc.is_dir():

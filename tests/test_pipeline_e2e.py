@@ -194,3 +194,21 @@ def test_default_run_benches_on_emulated_arm_and_checks_parity_with_host(e2e_run
     assert "qemu-aarch64" in rep["bench"] and "qemu-aarch64" in rep["summary"]
     assert "EMULATED" in (out / "report.md").read_text()
     assert (out / "plots/latency_cdf.png").stat().st_size > 0
+
+
+def test_export_that_fails_leaves_no_new_out(e2e_run, tmp_path):
+    """`pipeline export --run R --out NEW`: NEW (and its missing parents) appear only when the export succeeds."""
+    import shutil
+
+    out, _ = e2e_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("android", "bench", "plots", "*.tflite", "*.ort"))
+    (run / "student.pt").write_bytes(b"not a checkpoint")  # consistent with the manifest, but unreadable
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"]["student.pt"]["sha256"] = sha256_file(run / "student.pt")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("export", "--run", run, "--formats", "onnx_fp32", "--no-android", "--out", tmp_path / "new" / "exp")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "student.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"
