@@ -887,6 +887,31 @@ def test_checks_fail_on_nan():
     assert np.isnan(diff) and not diff <= 1e-4
 
 
+def test_images_outside_root_load_when_the_config_allows_it(tmp_path):
+    from pipeline.sources import ImageFolderSource, load_source
+
+    w = W(tmp_path)
+    w.images(files=[f"{i}.png" for i in range(23)] + ["../outside.png"])
+    w.p("outside.png").write_bytes(w.p("imgs/0.png").read_bytes())
+    src = {"kind": "image_folder", "root": str(w.p("imgs")), "labels_csv": "labels.csv", "labels": ["angle"],
+           "size": 8}
+    with pytest.raises(Exception, match="outside root"):
+        load_source(ImageFolderSource(**src), 0)
+    data = load_source(ImageFolderSource(**src, allow_outside_root=True), 0)
+    assert sum(len(v) for v in data.x.values()) == 24
+
+
+def test_constant_feature_is_a_warning_and_the_data_loads(tmp_path, caplog):
+    from pipeline.sources import CsvSource, load_source
+
+    w = W(tmp_path)
+    w.csv([r.split(",")[0] + ",7," + r.split(",")[2] for r in w.good_rows()])
+    with caplog.at_level(logging.WARNING, logger="pipeline.sources"):
+        data = load_source(CsvSource(kind="csv", path=str(w.p("d.csv")), labels=["y"]), 0)
+    assert data.x["train"].shape[1] == 2
+    assert any("x2" in r.getMessage() and "zero variance" in r.getMessage() for r in caplog.records)
+
+
 def test_fp16_onnx_is_topologically_sorted_and_passes_the_full_checker(tmp_path):
     """The float16 converter appends the input Cast at the end of the graph; to_fp16 sorts the nodes."""
     import onnx
