@@ -59,7 +59,6 @@ def _tensors(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
             for a in arrays]
 
 
-@torch.no_grad()
 def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> None:
     """A NaN or infinite loss stops training where it appears (NaN compares false, so it would otherwise
     never become the best epoch and the run would go on with the last finite weights, silently)."""
@@ -71,6 +70,7 @@ def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> Non
                              "(teacher.train.lr / distill.train.lr) or rescale the data")
 
 
+@torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, tensors: Sequence[torch.Tensor], batch_size: int = 4096) -> float:
     model.eval()
     n = tensors[0].shape[0]
