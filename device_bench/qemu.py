@@ -327,12 +327,16 @@ class QemuAarch64Target(Target):
                    *max_seconds_args(max_seconds)]
             log.debug("qemu-aarch64: benching %s (%d warm-up, %d timed runs, emulated)", model.name, warmup, runs)
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=timeout)
+                from pipeline.procs import run_child
+
+                proc = run_child(cmd, timeout=timeout, cwd=work, env=env)  # dies with us
             except subprocess.TimeoutExpired:
                 raise TargetError(f"runner under qemu-aarch64 timed out after {timeout}s on {model.name}; "
                                   "emulation is slow: lower --runs/--warmup") from None
             if proc.returncode != 0:
-                tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+                from device_bench.targets import runner_error
+
+                tail = runner_error(proc.stderr or proc.stdout)  # the runner's one error line, not a traceback
                 if proc.returncode < 0 or proc.returncode >= 128 or "uncaught target signal" in tail:
                     tail += f" (signal; check {root}/proc/cpuinfo exists)"
                 raise TargetError(f"runner failed under qemu-aarch64 for {model.name} (exit {proc.returncode}): {tail}")

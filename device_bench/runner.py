@@ -141,6 +141,97 @@ def load_model(path: str, threads: int = 1, runtime: str = "auto"):
     raise ValueError(f"unknown runtime {runtime!r}; allowed: auto, onnxruntime, tflite")
 
 
+# --------------------------------------------------------------------------- load-time checks
+# Kept apart from the runtimes above: what a model file must look like before any runtime sees it,
+# and the runtime's own loader with its error as one line naming the file and what was expected.
+
+MODEL_KINDS = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite"}
+_EXPECTED = {"onnx": "an ONNX model (protobuf ModelProto)", "ort": "an ONNX Runtime .ort model (flatbuffer 'ORTM')",
+             "tflite": "a TFLite model (flatbuffer 'TFL3')"}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and what was expected."""
+
+
+def sniff_model_bytes(head):
+    """What the first bytes say a file is: 'tflite', 'ort', 'onnx' (plausibly), or None."""
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    if len(head) >= 8 and head[4:8] == b"ORTM":
+        return "ort"
+    if head[:1] and (head[0] & 7) in (0, 2) and 1 <= (head[0] >> 3) <= 15:
+        return "onnx"  # a protobuf field tag of ModelProto (ir_version, producer_name, graph, ...)
+    return None
+
+
+def one_line(exc, limit=240):
+    """An exception as one line: the first meaningful line of its text, no traceback."""
+    for line in str(exc).splitlines():
+        line = " ".join(line.split())
+        if line and not line.startswith(("Traceback", 'File "')):
+            return line[:limit]
+    return type(exc).__name__
+
+
+def check_model_file(path):
+    """The kind of model at ``path`` ('onnx', 'ort', 'tflite') from its extension, checked against its
+    bytes; ``ModelFileError`` (one line) for a missing, empty, misnamed or foreign file."""
+    ext = os.path.splitext(path)[1].lower()
+    kind = MODEL_KINDS.get(ext)
+    if kind is None:
+        raise ModelFileError("%s: unknown model extension %r; expected .onnx, .ort or .tflite" % (path, ext or ""))
+    try:
+        if not os.path.isfile(path):
+            raise ModelFileError("%s: %s" % (path, "is a directory, expected a model file" if os.path.isdir(path)
+                                             else "does not exist (or is a broken symlink)"))
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ModelFileError("%s: cannot be read: %s" % (path, exc.strerror or one_line(exc))) from None
+    if not head:
+        raise ModelFileError("%s: empty file; expected %s" % (path, _EXPECTED[kind]))
+    seen = sniff_model_bytes(head)
+    if seen != kind:
+        what = {"tflite": "a TFLite flatbuffer (identifier TFL3)", "ort": "an ORT flatbuffer (identifier ORTM)",
+                "onnx": "an ONNX protobuf", None: "neither ONNX, ORT nor TFLite"}[seen]
+        hint = "; rename it to %s" % {"tflite": ".tflite", "ort": ".ort", "onnx": ".onnx"}[seen] if seen else ""
+        raise ModelFileError("%s: the file is %s, expected %s%s" % (path, what, _EXPECTED[kind], hint))
+    return kind
+
+
+def open_model(path, threads=1, runtime="auto"):
+    """``check_model_file`` and then the runtime's own loader; its failure is one ModelFileError line."""
+    kind = check_model_file(path)
+    try:
+        return load_model(path, threads, runtime)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ModelFileError("%s: %s cannot load it (%s); expected %s" % (
+            path, "onnxruntime" if kind != "tflite" else "the TFLite interpreter", one_line(exc),
+            _EXPECTED[kind])) from None
+
+
+def check_inputs(model, x, what="inputs"):
+    """Inputs must be numeric, finite, non-empty and of the model's rank and fixed sizes."""
+    if x.dtype.kind not in "biuf":
+        raise ModelFileError("%s: dtype %s; expected numeric model-ready inputs" % (what, x.dtype))
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ModelFileError("%s: shape %s has no rows; expected (rows, ...) inputs" % (what, x.shape))
+    want = list(model.input_shape)
+    if x.ndim != len(want):
+        raise ModelFileError("%s: shape %s is rank %d; the model takes rank-%d inputs %s (batch first)"
+                             % (what, tuple(x.shape), x.ndim, len(want), ["batch" if d is None else d for d in want]))
+    layout_ok = x.ndim == 4 and tuple(x.shape[2:]) + (x.shape[1],) == tuple(want[1:])  # NCHW for an NHWC model
+    for axis, (got, need) in enumerate(zip(x.shape[1:], want[1:]), 1):
+        if need is not None and got != need and not layout_ok:
+            raise ModelFileError("%s: shape %s, axis %d is %d; the model takes %s" % (
+                what, tuple(x.shape), axis, got, ["batch" if d is None else d for d in want]))
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ModelFileError("%s: holds NaN or infinite values; expected finite inputs" % what)
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -319,16 +410,24 @@ def main(argv=None) -> int:
         if not os.path.exists(p):
             print("error: %s does not exist" % p, file=sys.stderr)
             return 2
-    with np.load(args.inputs) as z:
-        x = z["x"]
-    if args.eval_rows:
-        x = x[: args.eval_rows]
     try:
+        with np.load(args.inputs) as z:
+            x = z["x"]
+        if args.eval_rows:
+            x = x[: args.eval_rows]
+        check_inputs(open_model(args.model, args.threads, args.runtime), x, args.inputs)
         result = bench(args.model, x, args.threads, args.warmup, args.runs, args.batch, args.runtime,
                        args.max_seconds)
     except ImportError as exc:
         print("error: missing runtime: %s" % exc, file=sys.stderr)
         return 3
+    except ModelFileError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print("error: %s on %s: %s: %s" % (os.path.basename(args.model), platform.machine(), type(exc).__name__,
+                                          one_line(exc)), file=sys.stderr)
+        return 1
     text = json.dumps(result)
     if args.json:
         tmp = args.json + ".tmp"

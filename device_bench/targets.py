@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,17 +85,20 @@ class HostTarget(Target):
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
             max_seconds=None) -> dict:
         model = self.existing_model(model)
-        with tempfile.TemporaryDirectory(prefix="pocketkd-bench-") as tmp:
+        from pipeline.procs import temp_dir
+
+        with temp_dir("pocketkd-bench") as tmp:  # removed on every exit; a SIGKILLed run's by the next run
             inputs = Path(tmp) / "inputs.npz"
             out = Path(tmp) / "result.json"
             np.savez(inputs, x=np.asarray(x, dtype=np.float32))
             cmd = [sys.executable, str(RUNNER), "--model", str(model), "--inputs", str(inputs),
                    "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
                    "--batch", str(batch), "--json", str(out), *max_seconds_args(max_seconds)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            from pipeline.procs import run_child
+
+            proc = run_child(cmd, timeout=timeout)
             if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                raise TargetError(f"runner failed on host for {model.name}: " + " | ".join(tail))
+                raise TargetError(f"runner failed on host for {model}: {runner_error(proc.stderr or proc.stdout)}")
             result = json.loads(out.read_text())
         result.update(target=self.label, emulated=self.emulated)
         return result
@@ -119,6 +121,15 @@ def parse_target(spec: str) -> Target:
     if cls is None:
         raise TargetError(f"unknown bench target {spec!r}; allowed: {allowed_forms()}")
     return cls(spec)
+
+
+def runner_error(text: str) -> str:
+    """The runner's own one-line ``error: ...`` from its output, else the last line (no traceback)."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    return lines[-1][:300] if lines else "no output"
 
 
 def max_seconds_args(max_seconds) -> list[str]:

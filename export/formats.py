@@ -266,6 +266,7 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         "n_outputs": model.n_outputs,
         "io": _io_description(model),
         "max_abs_diff_vs_torch": max_abs_diff(out, ref),
+        "non_finite_outputs": int((~np.isfinite(out)).sum()),
         **task_metrics(out, job.y_eval, job.task, job.abstain, job.angles, job.output_names),
     }
     torch_metrics = task_metrics(ref, job.y_eval, job.task, job.abstain)
@@ -283,18 +284,19 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         torch_rmse = torch_metrics["rmse"]
         row["rmse_ratio_vs_torch"] = row["rmse"] / torch_rmse if torch_rmse else None
     if fmt.strict:
-        if row["max_abs_diff_vs_torch"] > job.cfg.parity_atol:
+        if not row["max_abs_diff_vs_torch"] <= job.cfg.parity_atol:  # NaN fails
             problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {job.cfg.parity_atol:g}")
     elif job.task == "classification":
         limit = limits.fp16_accuracy_drop if fmt.precision == "fp16" else limits.int8_accuracy_drop
         row["accuracy_drop_limit"] = limit
-        if row["accuracy_drop_vs_torch"] > limit:
+        if not row["accuracy_drop_vs_torch"] <= limit:  # NaN fails
             over.append(f"accuracy {row['accuracy_drop_vs_torch']:.4f} below the PyTorch student's, limit {limit:g}")
     else:
         limit = limits.fp16_rmse_ratio if fmt.precision == "fp16" else limits.int8_rmse_ratio
         row["rmse_ratio_limit"] = limit
-        if row["rmse_ratio_vs_torch"] is not None and row["rmse_ratio_vs_torch"] > limit:
-            over.append(f"RMSE {row['rmse_ratio_vs_torch']:.3f}x the PyTorch student's, limit {limit:g}x"
+        if row["rmse_ratio_vs_torch"] is None and not np.isfinite(row["rmse"]) or \
+                row["rmse_ratio_vs_torch"] is not None and not row["rmse_ratio_vs_torch"] <= limit:  # NaN fails
+            over.append(f"RMSE {row['rmse_ratio_vs_torch'] or float('nan'):.3f}x the PyTorch student's, limit {limit:g}x"
                         + (f"; rounding the input to this file's 8-bit grid alone gives "
                            f"{row['input_rounding']['rmse_ratio_vs_torch']:.3f}x"
                            if (row.get("input_rounding") or {}).get("rmse_ratio_vs_torch") else ""))

@@ -95,7 +95,42 @@ def to_fp16(src: Path, dst: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    topological_sort(proto.graph)  # the converter appends the input Cast node at the end of the graph
     return save_proto(proto, dst)
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (the ONNX
+    spec requires it; onnxruntime tolerates disorder, other consumers need not). Stable: nodes already
+    in order keep their order. A cycle or a missing producer leaves the rest in their original order."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    known |= {i.values.name for i in graph.sparse_initializer}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:  # a cycle or an outer-scope name: keep what is left as it was
+            ordered += pending
+            break
+        first = ready[0]
+        ordered.append(first)
+        known.update(first.output)
+        pending.remove(first)
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
+def full_check(path: Path) -> str:
+    """``onnx.checker.check_model(path, full_check=True)`` (with shape inference): 'ok' or the first
+    line of the checker's complaint."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError, DecodeError
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        return f"{type(exc).__name__}: {line[:300]}"
+    return "ok"
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.io import atomic_copy
+from pipeline.procs import run_child, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def onnx_to_tflite(
     if unknown:
         raise ValueError(f"unknown TFLite variants {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="pocketkd-onnx2tf-") as tmp:
+    with temp_dir("pocketkd-onnx2tf") as tmp:  # removed on every exit; a SIGKILLed run's by the next run
         sources = {v: src for v in variants}
         quant = [v for v in variants if v in QUANTIZED]
         if prepare and quant and calib_nhwc is not None:
@@ -94,11 +93,9 @@ def _run_onnx2tf(src: Path, tmp: Path, variants: tuple[str, ...], calib_nhwc: np
     work.mkdir()
     copy = work / src.name
     shutil.copy(src, copy)
-    proc = subprocess.run(
-        [sys.executable, "-m", "export.tflite", str(copy), str(tmp), json.dumps(opts)],
-        capture_output=True, text=True, env=env, timeout=timeout,
-        cwd=str(Path(__file__).resolve().parent.parent),
-    )
+    # its own process group, killed with us (PR_SET_PDEATHSIG) even when we are SIGKILLed
+    proc = run_child([sys.executable, "-m", "export.tflite", str(copy), str(tmp), json.dumps(opts)],
+                     env=env, timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"onnx2tf failed on {src.name} (exit {proc.returncode}):\n{tail}")
@@ -157,5 +154,42 @@ def _convert(src: str, out_dir: str, opts: dict) -> None:
     )
 
 
+def tensorflow_load_check(paths: list[Path], timeout: float = 600) -> dict[str, dict]:
+    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors) in one child
+    process (importing TensorFlow is heavy): {str(path): {"ok": bool, "error"?: str, "version": str}}.
+    TensorFlow missing: every entry says so (ok None)."""
+    if not paths:
+        return {}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    proc = run_child([sys.executable, "-m", "export.tflite", "--tf-load", *map(str, paths)], env=env,
+                     timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {str(p): {"ok": False, "error": f"TensorFlow check did not run (exit {proc.returncode}): {why}"}
+                for p in paths}
+    return json.loads(lines[-1])
+
+
+def _tf_load(paths: list[str]) -> dict[str, dict]:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return {p: {"ok": None, "error": "tensorflow is not installed"} for p in paths}
+    out = {}
+    for p in paths:
+        try:
+            interp = tf.lite.Interpreter(model_path=p)
+            interp.allocate_tensors()
+            out[p] = {"ok": True, "version": tf.__version__}
+        except Exception as exc:
+            out[p] = {"ok": False, "version": tf.__version__,
+                      "error": " ".join(str(exc).split())[:300] or type(exc).__name__}
+    return out
+
+
 if __name__ == "__main__":
-    _convert(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    if sys.argv[1] == "--tf-load":
+        print(json.dumps(_tf_load(sys.argv[2:])))
+    else:
+        _convert(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from pipeline.errors import ParityError, UserError
+from pipeline.errors import ParityError, UserError, os_error_text
 
 log = logging.getLogger("pipeline")
 EXIT_STRICT = 3  # --strict and a file over its limit (or not exported)
@@ -27,6 +29,13 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one ``error:`` line (exit 2), like every other user mistake."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {' '.join(message.split())}; see {self.prog} --help")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (default: the shipped default run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -37,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.stages import STAGES
 
     names = ", ".join(s.name for s in STAGES)
-    ap = argparse.ArgumentParser(prog="python -m pipeline", description="pocketkd: distil, export, benchmark.")
+    ap = OneLineParser(prog="python -m pipeline", description="pocketkd: distil, export, benchmark.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline (finished stages are skipped)")
     _add_config_args(run)
     run.add_argument("--out", "-o", default="runs/default", help="run directory (default: runs/default)")
-    run.add_argument("--force", action="store_true", help="run every stage even if cached")
+    run.add_argument("--force", action="store_true",
+                     help="run every stage even if cached; also lets a run into a non-empty directory that is "
+                          "not a pocketkd run")
     run.add_argument("--from", dest="start", metavar="STAGE", help=f"re-run from this stage on ({names})")
     run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
     run.add_argument("--strict", action="store_true",
@@ -70,23 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline import distributed
     from pipeline.config import load_config
+    from pipeline.procs import sweep_stale_temp_dirs
     from pipeline.report import short_table
+    from pipeline.rundir import RunLock, check_out_dir
     from pipeline.stages import check_model_sizes, default_runner, resolve_targets
 
+    if args.start and args.only:
+        raise UserError(f"--from {args.start} and --only {' '.join(args.only)} conflict: --from re-runs that stage "
+                        "and every later one, --only runs just the named stages; give one of them")
     distributed.init_from_env()  # under torchrun: join the other ranks; only rank 0 logs at INFO
     cfg = load_config(args.config, args.overrides)  # validated before anything is written
     cfg, notes = resolve_targets(cfg)
-    for note in notes:
-        log.warning("%s", note)
-    sizes = check_model_sizes(cfg)
     runner = default_runner()
     runner.select(args.start, args.only)  # unknown stage names fail before anything is written
-    run_dir = Path(args.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} exists and is not a directory")
-    log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,
-             sizes["teacher_params"], sizes["student_params"], sizes["deployed_params"])
-    results, _ = runner.run(run_dir, cfg, force=args.force, start=args.start, only=args.only)
+    sizes = check_model_sizes(cfg)  # also loads a given teacher file
+    run_dir = check_out_dir(args.out, force=args.force)
+
+    def check_and_lock():  # rank 0 alone (torchrun): the others get its result or its error
+        runner.verify_inputs(run_dir, args.start, args.only)  # --only: inputs match manifest.json
+        return RunLock(run_dir).acquire()  # creates the directory, its marker and the lock: validation passed
+
+    lock = distributed.on_main(check_and_lock)
+    try:
+        for prefix in ("pocketkd-onnx2tf", "pocketkd-bench"):
+            sweep_stale_temp_dirs(prefix)  # what a SIGKILLed run could not remove
+        for note in notes:
+            log.warning("%s", note)
+        log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,
+                 sizes["teacher_params"], sizes["student_params"], sizes["deployed_params"])
+        results, _ = runner.run(run_dir, cfg, force=args.force, start=args.start, only=args.only)
+    finally:
+        if lock is not None and distributed.is_main():
+            lock.release()
     if not distributed.is_main():  # under torchrun: rank 0 prints the results
         return 0
     print()
@@ -113,15 +139,31 @@ def strict_exit(run_dir: Path) -> int:
     return 0
 
 
+def _existing_run(raw: str) -> Path:
+    """``--run DIR`` of report/export: an existing pocketkd run directory (read-only check)."""
+    if not str(raw).strip():
+        raise UserError("--run '': empty path; give a run directory, e.g. --run runs/default")
+    run_dir = Path(raw)
+    try:
+        if run_dir.is_symlink() and not run_dir.exists():
+            raise UserError(f"--run {run_dir}: dangling symlink or symlink loop; give a run directory")
+        if not run_dir.exists():
+            raise UserError(f"--run {run_dir}: does not exist; give a run directory (python -m pipeline run --out)")
+        if not run_dir.is_dir():
+            raise UserError(f"--run {run_dir}: not a directory; give a run directory")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
+    except OSError as exc:
+        raise UserError(f"--run {run_dir}: {os_error_text(exc)}") from None
+    return run_dir
+
+
 def cmd_report(args) -> int:
     from pipeline.config import load_config
     from pipeline.report import short_table, write_report
 
-    run_dir = Path(args.run)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists():
-        raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
-    cfg = load_config(cfg_file)
+    run_dir = _existing_run(args.run)  # report is read-mostly: it takes no lock
+    cfg = load_config(run_dir / "config.yaml")
     write_report(run_dir, cfg)
     print(short_table(run_dir))
     print(f"\nreport: {run_dir / 'report.md'}")
@@ -131,27 +173,49 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from export import FORMATS
     from pipeline.config import load_config
-    from pipeline.io import atomic_write_json
+    from pipeline.io import atomic_write_json, sha256_file
     from pipeline.stages import export_student
 
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not a pocketkd run directory (no config.yaml)")
+    from pipeline.rundir import RunLock, check_out_dir, make_dir, nearest_existing
+    from pipeline.runner import Runner
+
+    run_dir = _existing_run(args.run)
     for name in ("student.pt", "teacher.json", "data.npz"):
-        if not (run_dir / name).exists():
+        if not (run_dir / name).is_file():
             raise UserError(f"{run_dir / name} is missing: run the pipeline up to the 'student' stage first")
     formats = args.formats
     for name in formats or []:
         if name not in FORMATS:
             raise UserError(f"unknown format {name!r}; allowed: {', '.join(FORMATS)}")
+    manifest = Runner.load_manifest(run_dir)["files"]
+    for name in ("student.pt", "teacher.json", "data.npz"):  # what export reads must be what the run wrote
+        if name in manifest and sha256_file(run_dir / name) != manifest[name]["sha256"]:
+            raise UserError(f"{run_dir / name} differs from what stage '{manifest[name]['stage']}' wrote (sha256 "
+                            f"does not match manifest.json); re-run it: python -m pipeline run --out {run_dir} "
+                            f"--from {manifest[name]['stage']}")
     cfg = load_config(run_dir / "config.yaml")
-    out_dir = Path(args.out) if args.out else run_dir
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = export_student(cfg, run_dir, out_dir, list(formats or cfg.export.formats),
-                            cfg.export.android.enabled and not args.no_android)
-    atomic_write_json(out_dir / "export.json", result)
+    same = not args.out or _same_dir(Path(args.out), run_dir)
+    out_dir = run_dir if same else check_out_dir(args.out, force=True)
+    new_out = not out_dir.exists()
+    lock = RunLock(run_dir).acquire() if same else None  # writing into the run: one writer
+    staging = None
+    try:
+        if new_out:  # a new --out (and its missing parents) appears only when the export succeeded
+            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp",
+                                            dir=nearest_existing(out_dir.parent)))
+        target = staging or out_dir
+        result = export_student(cfg, run_dir, target, list(formats or cfg.export.formats),
+                                cfg.export.android.enabled and not args.no_android)
+        atomic_write_json(target / "export.json", result)
+        if staging is not None:
+            make_dir(out_dir.parent)
+            os.replace(staging, out_dir)
+            staging = None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     key = "accuracy" if any("accuracy" in r for r in result["formats"]) else "rmse"
     print(f"{'model':<8} {'format':<22} {'file':<30} {'status':<14} {'max|diff|':>10} {key:>9}")
     for r in result["formats"] + result.get("android", []):
@@ -160,6 +224,13 @@ def cmd_export(args) -> int:
               f"{r.get('max_abs_diff_vs_torch', float('nan')):>10.2e} {r.get(key, float('nan')):>9.4f}")
     print(f"\nexport: {out_dir / 'export.json'}" + (f"; bundle: {out_dir / 'android'}" if "android" in result else ""))
     return 0
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def cmd_config(args) -> int:
@@ -183,19 +254,31 @@ def cmd_stages(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    from pipeline.procs import Terminated, raise_on_sigterm
+
     commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages,
                 "export": cmd_export}
+    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: temp directories and the lock are released
     try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.verbose)
         return commands[args.command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except (OSError, UnicodeDecodeError) as exc:  # a user path we did not foresee: still one line
+        if not getattr(exc, "filename", None) and not isinstance(exc, UnicodeDecodeError):
+            raise
+        where = getattr(exc, "filename", None) or "input"
+        print(f"error: {where}: {os_error_text(exc)}; check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the first unfinished stage",
               file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated; run the same command again to resume from the first unfinished stage", file=sys.stderr)
+        return 143

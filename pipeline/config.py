@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, os_error_text
 from pipeline.sources import SourceConfig
 
 DEFAULT_CONFIG = "default.yaml"
@@ -431,18 +431,66 @@ class Config(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise UserError(f"config file {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"config path {path} is not a file")
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"key {key!r} appears twice (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML says keys are unique;
+    PyYAML silently keeps the last one)."""
+
+
+def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: the base constructor reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def strict_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys as an error (``DuplicateKeyError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_user_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a file the user named; every OS or encoding problem is one UserError line."""
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"{what} {path}: dangling symlink or symlink loop; give a regular file")
+        if not path.exists():
+            raise UserError(f"{what} {path} does not exist")
+        if not path.is_file():
+            raise UserError(f"{what} {path} is not a file")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, RuntimeError) as exc:
+        raise UserError(f"{what} {path}: cannot be read: {os_error_text(exc)}; "
+                        "it must be a readable UTF-8 YAML file") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = read_user_text(path, "config file")
+    try:
+        data = strict_yaml_load(text)
+    except DuplicateKeyError as exc:
+        raise UserError(f"config file {path}: {exc}; each key may appear once per section") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise UserError(f"config file {path} is not valid YAML{where}: {' '.join(str(problem).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -459,7 +507,11 @@ def _resolve_source_paths(tree: dict[str, Any], base: Path) -> dict[str, Any]:
         for key in keys:
             value = node.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                node[key] = str((base / value).resolve())
+                try:
+                    node[key] = str((base / value).resolve())
+                except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+                    raise UserError(f"config key {key} = {value!r}: {os_error_text(exc)}; give a real file or "
+                                    "directory") from None
 
     fix((tree.get("data") or {}).get("source") if isinstance(tree.get("data"), dict) else None, ("path", "root"))
     fix(tree.get("teacher"), ("onnx", "checkpoint"))
@@ -479,7 +531,9 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if not all(parts):
         raise UserError(f"--set {assignment!r}: {key!r} is not a dotted key such as data.noise.sigma")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = strict_yaml_load(raw) if raw.strip() else ""
+    except DuplicateKeyError as exc:
+        raise UserError(f"--set {assignment!r}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     node = tree

@@ -112,3 +112,19 @@ def task_metrics(pred, target, task: str = "regression", abstain: bool = False, 
             out["angular_error_deg"] = float(err.mean())
             out["angular_error_deg_median"] = float(np.median(err))
     return out
+
+
+def require_finite(arr, where: str, hint: str = "", error: type[Exception] | None = None) -> None:
+    """Stop where a non-finite value enters: ``error`` (default ``NonFiniteError``, one line, exit 2)
+    naming ``where``, how many values and the first one's index."""
+    from pipeline.errors import NonFiniteError
+
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise (error or NonFiniteError)(
+            f"{where}: {int(bad.sum())} of {a.size} values are NaN or infinite (first at index "
+            f"{first[0] if len(first) == 1 else first}){'; ' + hint if hint else ''}")

@@ -17,6 +17,7 @@ each stage every rank has the same StageResult, and the files rank 0 wrote are o
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -160,18 +161,25 @@ class Runner:
     def _decide(self, stage: Stage, run_dir: Path, cfg: Config, manifest: dict, forced: set[str]
                 ) -> tuple[str, StageResult | None, dict[str, str]]:
         """(cache key, the cached result or None, input hashes). When the stage must run, its old
-        outputs are forgotten first: a crash now must not leave them looking fresh."""
+        entry is taken out of the manifest in memory (kept aside in ``self._replaced``): the old
+        outputs stay on disk until the stage succeeds, so a stage that fails leaves them in place, and
+        the manifest on disk still holds their hashes, so a file the failed stage did overwrite can
+        never look fresh (its sha256 no longer matches)."""
         hashes = self.input_hashes(stage, run_dir)
         key = self.stage_key(stage, run_dir, cfg, hashes)
         entry = manifest["stages"].get(stage.name)
         if stage.name not in forced and self._is_fresh(entry, key, run_dir):
             log.info("stage %-8s cached (same config and inputs); skipped", stage.name)
             return key, StageResult(stage.name, "cached", 0.0, list(entry["outputs"])), hashes
-        old = manifest["stages"].pop(stage.name, None)
-        self._save_manifest(run_dir, manifest, cfg)
-        for rel in (old or {}).get("outputs", {}):
-            (run_dir / rel).unlink(missing_ok=True)
+        self._replaced = getattr(self, "_replaced", {})
+        self._replaced[stage.name] = manifest["stages"].pop(stage.name, None)
         return key, None, hashes
+
+    def _restore(self, stage: Stage, manifest: dict | None) -> None:
+        """The stage failed: its previous manifest entry comes back (in memory; the file was never changed)."""
+        old = getattr(self, "_replaced", {}).pop(stage.name, None)
+        if manifest is not None and old is not None:
+            manifest["stages"][stage.name] = old
 
     def _record(self, stage: Stage, key: str, outputs: list[str], seconds: float, run_dir: Path, cfg: Config,
                 manifest: dict) -> StageResult:
@@ -182,6 +190,9 @@ class Runner:
             "outputs": {rel: sha256_file(run_dir / rel) for rel in outputs},
         }
         self._save_manifest(run_dir, manifest, cfg)
+        old = getattr(self, "_replaced", {}).pop(stage.name, None) or {}
+        for rel in set(old.get("outputs", {})) - set(outputs):  # what the new run no longer writes
+            (run_dir / rel).unlink(missing_ok=True)
         log.info("stage %-8s done in %.1fs", stage.name, seconds)
         return StageResult(stage.name, "ran", seconds, list(outputs))
 
@@ -192,8 +203,52 @@ class Runner:
             return cached
         log.info("stage %-8s running", stage.name)
         t0 = time.perf_counter()
-        outputs = stage.fn(ctx)
+        try:
+            outputs = stage.fn(ctx)
+        except BaseException:
+            self._restore(stage, manifest)
+            raise
         return self._record(stage, key, outputs, time.perf_counter() - t0, ctx.run_dir, ctx.cfg, manifest)
+
+    # ------------------------------------------------------------------ checks before any write
+    def verify_inputs(self, run_dir: Path, start: str | None = None, only: list[str] | None = None) -> None:
+        """With ``--only``: every file a chosen stage reads from a stage that is not chosen must exist and
+        have the sha256 ``manifest.json`` recorded for it. Nothing is written; one UserError line."""
+        if not only:
+            return
+        chosen, _ = self.select(start, only)
+        names = {s.name for s in chosen}
+        manifest = self.load_manifest(run_dir) if (run_dir / MANIFEST).exists() else {"stages": {}, "files": {}}
+        files = manifest.get("files", {})
+        first = min(self.names.index(n) for n in names)
+        earlier = sorted(f for f, info in files.items()  # every file of the stages before the first chosen one
+                         if info.get("stage") in self.names and self.names.index(info["stage"]) < first)
+        for stage in chosen:
+            for rel in [*stage.reads, *(earlier if stage is chosen[0] else [])]:
+                wanted = sorted(f for f in files if fnmatch.fnmatch(f, rel)) if "*" in rel else [rel]
+                for f in wanted:
+                    writer = (files.get(f) or {}).get("stage") or self._writer(f)
+                    if writer in names and self.names.index(writer) < self.names.index(stage.name):
+                        continue  # an earlier stage of this --only run writes it afresh
+                    p = run_dir / f
+                    if not p.is_file():
+                        raise UserError(f"--only {stage.name}: needs {p}, which does not exist; run the earlier "
+                                        "stages first (drop --only, or use --from)")
+                    info = files.get(f)
+                    if info is None:
+                        raise UserError(f"--only {stage.name}: {p} is not recorded in {run_dir / MANIFEST}; run "
+                                        f"the stage that writes it first (e.g. --from {self._writer(f)})")
+                    if sha256_file(p) != info.get("sha256"):
+                        raise UserError(f"--only {stage.name}: {p} differs from what stage '{info.get('stage')}' "
+                                        f"wrote (sha256 does not match {MANIFEST}); re-run it with --from "
+                                        f"{info.get('stage')}")
+
+    def _writer(self, rel: str) -> str:
+        """The stage that writes ``rel`` by pocketkd's naming (for a file the manifest does not list)."""
+        known = {"data.npz": "data", "data.json": "data", "teacher_preds.npz": "teacher", "teacher.json": "teacher",
+                 "student_mt.pt": "distill", "distill.json": "distill", "student.pt": "student",
+                 "student.json": "student", "export.json": "export"}
+        return known.get(rel, rel.split("/")[0] if rel.startswith("bench/") else self.names[0])
 
     def _run_on_every_rank(self, stage: Stage, ctx: Context, manifest: dict | None, forced: set[str]
                            ) -> StageResult:
@@ -227,6 +282,7 @@ class Runner:
 
         def record() -> StageResult:
             if failure is not None:
+                self._restore(stage, manifest)
                 raise failure
             return self._record(stage, key, outputs, seconds, ctx.run_dir, ctx.cfg, manifest)
 

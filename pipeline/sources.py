@@ -12,6 +12,7 @@ row 1) and "line L" is the physical line in the file (the header is line 1).
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -114,6 +117,9 @@ class ImageFolderSource(_RandomSplit):
     labels: list[str] = Field(min_length=1, description="label (target) columns, numeric")
     color: Literal["grayscale", "rgb"] = Field("grayscale", description="1 or 3 input channels")
     size: int = Field(32, ge=4, le=512, description="images are resized to size x size")
+    allow_outside_root: bool = Field(
+        False, description="let labels_csv name images outside root (absolute paths, '..', symlinks leading out)"
+    )
     val_fraction: float = _val_fraction()
     test_fraction: float = _test_fraction()
 
@@ -207,7 +213,21 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _real(p: Path, what: str) -> Path:
+    """``p`` with every symlink and '..' resolved; a symlink loop is a DataError."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: symlink loop before Python 3.13
+        raise DataError(f"{what}: {p} is a symlink loop; give a real file or directory") from None
+
+
+def _inside(p: Path, root: Path) -> bool:
+    return p == root or root in p.parents
+
+
 def _need_file(p: Path, what: str) -> None:
+    if p.is_symlink() and not p.exists():
+        raise DataError(f"{what}: {p} is a dangling symlink or a symlink loop; give a real file")
     if not p.exists():
         raise DataError(f"{what}: file not found (looked for {p})")
     if not p.is_file():
@@ -215,6 +235,8 @@ def _need_file(p: Path, what: str) -> None:
 
 
 def _need_dir(p: Path, what: str) -> None:
+    if p.is_symlink() and not p.exists():
+        raise DataError(f"{what}: {p} is a dangling symlink or a symlink loop; give a real directory")
     if not p.exists():
         raise DataError(f"{what}: directory not found (looked for {p})")
     if not p.is_dir():
@@ -349,6 +371,11 @@ def _read_table(p: Path, what: str) -> _Table:
     return _Table(what, header, rows, lines)
 
 
+# Values are trained in float32, where squares (variance, MSE) overflow beyond sqrt(3.4e38) ~ 1.8e19:
+# larger magnitudes would turn into inf and then NaN on the way, so they are refused where they enter.
+FLOAT32_MAX = float(np.sqrt(np.finfo(np.float32).max))
+
+
 def _numeric_block(table: _Table, columns: list[str], role: str) -> np.ndarray:
     """The named columns as float64 (n, len(columns)); any empty, NaN, infinite or non-numeric cell is an error."""
     n = len(table.rows)
@@ -381,6 +408,14 @@ def _numeric_block(table: _Table, columns: list[str], role: str) -> np.ndarray:
         raise DataError(
             f"{table.what}: {table.where(i)}, column '{columns[j]}': {cell} ({len(nonfinite)} empty, NaN or "
             f"infinite cells in total in the {role} columns); every {role} cell must hold a finite number"
+        )
+    big = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.abs(out) > FLOAT32_MAX))]
+    if big:
+        i, j = min(big)
+        raise DataError(
+            f"{table.what}: {table.where(i)}, column '{columns[j]}': value {cols[j][i]!r} is too large for float32 "
+            f"training ({len(big)} such cells in total); every {role} value must lie within +-1.8e19, where its "
+            "square still fits float32 (rescale the column)"
         )
     return out
 
@@ -485,6 +520,14 @@ def _npz_numeric(a: np.ndarray, name: str, what: str) -> np.ndarray:
         raise DataError(
             f"{what}: array '{name}' sample {rows[0]} (0-based index) holds NaN or infinite values "
             f"({int((~finite).sum())} such values in {len(rows)} samples); every value must be finite"
+        )
+    big = np.abs(a.reshape(len(a), -1)) > FLOAT32_MAX
+    if big.any():
+        rows = np.flatnonzero(big.any(axis=1))
+        raise DataError(
+            f"{what}: array '{name}' sample {rows[0]} (0-based index) holds values too large for float32 "
+            f"training ({int(big.sum())} such values in {len(rows)} samples); every value must lie within +-1.8e19, "
+            "where its square still fits float32 (rescale it)"
         )
     return a
 
@@ -635,10 +678,16 @@ def _load_image_folder(cfg: ImageFolderSource, seed: int, base: Path | None) -> 
         raise DataError(f"{what}: no data rows; list one image per row")
     paths: list[Path] = []
     missing: list[int] = []
+    real_root = _real(root, f"image_folder root {cfg.root}")
     for i, f in enumerate(files):
         if not f:
             raise DataError(f"{what}: {table.where(i)}, column '{cfg.file_column}': empty cell; give an image path")
         paths.append(_resolve(f, root))
+        if not cfg.allow_outside_root and not _inside(_real(paths[-1], f"{what}: {table.where(i)}"), real_root):
+            raise DataError(
+                f"{what}: {table.where(i)}, column '{cfg.file_column}': image '{f}' is outside root {cfg.root}; "
+                "image paths must stay inside root (set data.source.allow_outside_root: true to allow it)"
+            )
         if not paths[-1].is_file():
             missing.append(i)
     if missing:
@@ -841,4 +890,24 @@ def load_source(cfg: SourceConfig, seed: int, base_dir: Path | None = None) -> S
             raise DataError(f"{data.description}: the {s} split is empty; every split needs >= 1 sample")
         assert data.x[s].dtype == np.float32 and data.y[s].dtype == np.float32
         assert len(data.x[s]) == len(data.y[s]) and data.y[s].ndim == 2
+    _check_variance(data)
     return data
+
+
+def _check_variance(data: SourceData) -> None:
+    """A label that never varies cannot be learned (error); a feature that never varies carries no
+    information (warning, the run goes on: standardisation leaves it at 0)."""
+    y = np.concatenate([data.y[s] for s in SPLIT_NAMES]).astype(np.float64)
+    for j, name in enumerate(data.output_names):
+        if np.all(y[:, j] == y[0, j]):
+            raise DataError(f"{data.description.split(':')[0]}: label '{name}' has the same value ({y[0, j]:g}) in "
+                            f"all {len(y)} samples (zero variance); a constant label cannot be learned, labels must vary")
+    x = data.x["train"]
+    if x.ndim == 2 and len(x) > 1:
+        const = [data.feature_names[j] if j < len(data.feature_names) else f"x{j}"
+                 for j in np.flatnonzero(np.all(x == x[:1], axis=0))]
+        if const:
+            log.warning("warning: %s: feature%s %s %s the same value in every training sample (zero variance); "
+                        "%s no information", data.description.split(":")[0], "s" * (len(const) > 1),
+                        ", ".join(const[:5]) + (f" and {len(const) - 5} more" if len(const) > 5 else ""),
+                        "have" if len(const) > 1 else "has", "they carry" if len(const) > 1 else "it carries")

@@ -21,7 +21,7 @@ from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset, n_o
 from pipeline.errors import ParityError, UserError
 from pipeline.io import atomic_write, atomic_write_json, sha256_file
 from pipeline.methods import METHODS, TrainingSet, build_method
-from pipeline.metrics import max_abs_diff, regression_metrics, task_metrics
+from pipeline.metrics import max_abs_diff, regression_metrics, require_finite, task_metrics
 from pipeline.runner import Context, Runner, Stage
 from pipeline.train import fit, predict, seed_everything
 
@@ -91,6 +91,8 @@ def check_model_sizes(cfg: Config, out_features: int | None = None, shape: Shape
     shape = shape or input_shape(cfg.data)
     out_features = out_features or n_outputs(cfg.data)
     try:
+        if cfg.teacher.onnx or cfg.teacher.checkpoint:
+            check_given_teacher(cfg, shape, out_features)  # loads, runs, fits: before anything is written
         t = (onnx_param_count(Path(cfg.teacher.onnx).expanduser()) if cfg.teacher.onnx
              else count_parameters(build_teacher(cfg, shape, out_features)))
         s = count_parameters(build_student(cfg, shape, out_features))
@@ -151,6 +153,7 @@ def metrics_of(cfg: Config, splits: Splits, pred: np.ndarray, abstain: bool | No
 def stage_data(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = make_dataset(cfg.data, cfg.seed)
+    check_splits_finite(splits)
     splits.save(ctx.path("data.npz"))
     summary = {
         "dataset": cfg.data.name,
@@ -171,6 +174,17 @@ def stage_data(ctx: Context) -> list[str]:
     }
     atomic_write_json(ctx.path("data.json"), summary)
     return ["data.npz", "data.json"]
+
+
+def check_splits_finite(splits: Splits) -> None:
+    """Inputs (raw and standardised) and labels of every split are finite: a value that overflows
+    float32 (|x| > 3.4e38) or a standardisation that does (huge but finite values) stops here."""
+    for s in ("train", "val", "test"):
+        require_finite(splits.x_raw[s], f"data: raw inputs of the {s} split", "values must fit float32 (|x| < 3.4e38)")
+        require_finite(splits.x[s], f"data: standardised inputs of the {s} split",
+                       "the inputs are too large to standardise in float32; rescale them")
+        for name, arr in (("labels", splits.y[s]), ("clean labels", splits.y_clean[s])):
+            require_finite(arr, f"data: {name} of the {s} split", "values must fit float32 (|y| < 3.4e38)")
 
 
 def train_teacher(cfg: Config, splits: Splits):
@@ -229,6 +243,8 @@ def train_teacher(cfg: Config, splits: Splits):
     _fold_scale(teacher.head, scale)
     counter.counts = distributed.all_reduce_sum(counter.counts)  # each rank counted its own rows
     preds = {s: predict(teacher, splits.x[s]) for s in ("train", "val", "test")}
+    for s, v in preds.items():
+        require_finite(v, f"teacher: outputs on the {s} split", DIVERGED + " (teacher.train.lr)")
     record = {"significance": counter.normalised().numpy(), "counts": counter.counts.numpy(),
               "share_per_epoch": shares}
     return teacher, hist, preds, record
@@ -277,15 +293,92 @@ def onnx_param_count(path: Path) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
-def given_teacher_predictions(cfg: Config, splits: Splits, path: Path) -> dict[str, np.ndarray]:
-    """Outputs of a teacher you already have (``teacher.onnx``) on every split, from onnxruntime."""
+DIVERGED = "training diverged or the inputs are extreme; lower the learning rate or check the data"
+
+
+def _given_onnx_session(path: Path):
+    """An onnxruntime session of teacher.onnx after a check of its name and bytes; one UserError line."""
     import onnxruntime as ort
 
+    from device_bench.runner import ModelFileError, check_model_file, one_line
+
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"teacher.onnx {path}: extension {path.suffix or '(none)'!r}; expected a .onnx file "
+                        "(an ONNX model; a PyTorch state_dict goes under teacher.checkpoint)")
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        check_model_file(str(path))
+    except ModelFileError as exc:
+        raise UserError(f"teacher.onnx {exc}") from None
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UserError(f"teacher.onnx {path} cannot be loaded by onnxruntime: {str(exc).splitlines()[0][:200]}") \
-            from None
+        raise UserError(f"teacher.onnx {path}: onnxruntime cannot load it ({one_line(exc)}); expected an ONNX "
+                        "model") from None
+
+
+def _torch_load_user(path: Path):
+    """``torch.load(weights_only=True)`` of a file the user gave, every failure one clear line."""
+    import pickle
+    import zipfile
+
+    what = f"teacher.checkpoint {path}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserError(f"{what}: cannot be read: {' '.join(str(exc.strerror or exc).split())}") from None
+    if not head:
+        raise UserError(f"{what}: empty file; expected a PyTorch state_dict saved with torch.save") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{what}: refused by torch.load(weights_only=True): the file holds Python objects other "
+                        "than tensors and plain containers, which could run code when loaded; save only the "
+                        "weights with torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise UserError(f"{what}: not a readable PyTorch checkpoint ({type(exc).__name__}); expected a "
+                        "state_dict saved with torch.save(model.state_dict(), path)") from None
+
+
+def check_given_teacher(cfg: Config, shape: Shape, out_features: int) -> None:
+    """Before anything is written: a given teacher file loads, runs on the data's input shape and has
+    the right number of outputs (teacher.onnx), or fits the configured architecture (teacher.checkpoint)."""
+    if cfg.teacher.onnx:
+        path = Path(cfg.teacher.onnx).expanduser()
+        sess = _given_onnx_session(path)
+        inp = sess.get_inputs()
+        if len(inp) != 1:
+            raise UserError(f"teacher.onnx {path} has {len(inp)} inputs; a teacher takes exactly one (the data's x)")
+        try:
+            out = sess.run(None, {inp[0].name: np.zeros((2, *shape), np.float32)})[0]
+        except Exception as exc:
+            from device_bench.runner import one_line
+
+            raise UserError(f"teacher.onnx {path} fails on inputs of shape {list(shape)} (plus batch): "
+                            f"{one_line(exc)}") from None
+        width = int(np.prod(np.shape(out)[1:])) if np.ndim(out) > 1 else 1
+        if width != out_features:
+            raise UserError(f"teacher.onnx {path} gives {width} outputs per sample; this data needs {out_features}")
+    elif cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint).expanduser()
+        _state_dict_into(build_teacher(cfg, shape, out_features), _torch_load_user(path), cfg, path, out_features)
+
+
+def _state_dict_into(model: torch.nn.Module, payload, cfg: Config, path: Path, d_out: int) -> None:
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"teacher.checkpoint {path} holds a {type(payload).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(f"teacher.checkpoint {path} does not fit the configured teacher ({cfg.teacher.backbone}, "
+                        f"hidden {cfg.teacher.hidden}, {d_out} outputs): "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+
+
+def given_teacher_predictions(cfg: Config, splits: Splits, path: Path) -> dict[str, np.ndarray]:
+    """Outputs of a teacher you already have (``teacher.onnx``) on every split, from onnxruntime."""
+    sess = _given_onnx_session(path)
     inp = sess.get_inputs()
     if len(inp) != 1:
         raise UserError(f"teacher.onnx {path} has {len(inp)} inputs; a teacher takes exactly one (the data's x)")
@@ -304,6 +397,7 @@ def given_teacher_predictions(cfg: Config, splits: Splits, path: Path) -> dict[s
         if out.shape[1] != want:
             raise UserError(f"teacher.onnx {path} gives {out.shape[1]} outputs per sample; this data needs {want} "
                             f"({'logits of each class' if splits.task == 'classification' else 'one per label'})")
+        require_finite(out, f"teacher.onnx {path}: outputs on the {s} split", "check the model and teacher.onnx_input")
         preds[s] = out
     return preds
 
@@ -312,20 +406,7 @@ def load_given_checkpoint(cfg: Config, splits: Splits, path: Path) -> Regressor:
     """``teacher.checkpoint``: a state_dict (or pocketkd's teacher.pt) of the configured architecture."""
     d_in, d_out = _dims(splits)
     model = build_teacher(cfg, d_in, d_out)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"teacher.checkpoint {path} cannot be read with torch.load(weights_only=True): "
-                        f"{str(exc).splitlines()[0][:200]}") from None
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"teacher.checkpoint {path} holds a {type(payload).__name__}, not a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"teacher.checkpoint {path} does not fit the configured teacher ({cfg.teacher.backbone}, "
-                        f"hidden {cfg.teacher.hidden}, {d_out} outputs): "
-                        f"{' '.join(str(exc).split())[:300]}") from None
+    _state_dict_into(model, _torch_load_user(path), cfg, path, d_out)
     return model.eval()
 
 
@@ -375,6 +456,8 @@ def _given_teacher(ctx: Context, splits: Splits) -> list[str]:
         src = Path(cfg.teacher.checkpoint).expanduser()
         model = load_given_checkpoint(cfg, splits, src)
         preds = {s: predict(model, splits.x[s]) for s in ("train", "val", "test")}
+        for s, v in preds.items():
+            require_finite(v, f"teacher.checkpoint {src}: outputs on the {s} split", "check the checkpoint's weights")
         rel, params = "teacher.pt", count_parameters(model)
         save_model(ctx.path(rel), model, "teacher", d_in, d_out)
         origin = f"PyTorch checkpoint {src}"
@@ -400,6 +483,9 @@ def stage_distill(ctx: Context) -> list[str]:
     for name in methods:
         student, hist, method = train_student(cfg, splits, yt, name, significance)
         label_pred, teacher_pred = predict(student, splits.x["test"])
+        for head, v in (("label", label_pred), ("teacher", teacher_pred)):
+            require_finite(v, f"distill: student[{name}] {head}-head outputs on the test split",
+                           DIVERGED + " (distill.train.lr)")
         rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
         save_model(ctx.path(rel), student, "student", d_in, d_out, d_out + method.n_extra(d_out))
         written.append(rel)
@@ -427,6 +513,7 @@ def stage_student(ctx: Context) -> list[str]:
     d_in, d_out = _dims(splits)
     x = splits.x["test"]
     head_index = 0 if cfg.student.keep_head == "label" else 1
+    require_finite(predict(deployed, x), "student: deployed student's outputs on the test split", DIVERGED)
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
     save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
     atomic_write_json(
@@ -530,15 +617,35 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
     else:
         result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
+    groups = [(out_dir, result["formats"])]
     if android:
         a = cfg.export.android
         bundle_dir = out_dir / "android"
         rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
-        write_bundle(bundle_dir, rows, export_metadata(cfg, splits, a.batch))
+        groups.append((bundle_dir, rows))
         result["android"] = rows
+    _file_checks(groups)
+    if android:
+        write_bundle(bundle_dir, result["android"], export_metadata(cfg, splits, cfg.export.android.batch))
     if rewrites:
         result["deploy_rewrites"] = rewrites
     return result
+
+
+def _file_checks(groups: list[tuple[Path, list[dict]]]) -> None:
+    """onnx.checker (full_check) on every .onnx, tf.lite.Interpreter on every .tflite, finite outputs
+    everywhere: a strict file that fails, or any file with NaN/inf outputs, stops the export."""
+    from export.checks import add_file_checks, non_finite_rows
+
+    from pipeline.errors import ParityError
+
+    add_file_checks(groups)
+    rows = [r for _, rs in groups for r in rs]
+    if bad := non_finite_rows(rows):
+        raise ParityError(f"export: NaN or infinite outputs from {', '.join(bad)} on the test inputs")
+    if bad := [r for r in rows if r["strict"] and r["status"] != "ok"]:
+        raise ParityError("export check failed: " + "; ".join(f"{r['model']} {r['format']}: {r.get('error')}"
+                                                               for r in bad))
 
 
 def stage_export(ctx: Context) -> list[str]:
@@ -611,6 +718,7 @@ def stage_bench(ctx: Context) -> list[str]:
             res = target.run(ctx.path(r["file"]), x, threads=b.threads, warmup=b.warmup, runs=b.runs,
                              batch=b.batch, max_seconds=b.max_seconds, timeout=max(600.0, 10 * b.max_seconds))
             out = np.asarray(res.pop("outputs"), dtype=np.float32)
+            require_finite(out, f"bench: outputs of {r['file']} on target {spec}")
             res.update(model=r["model"], format=r["format"], precision=r["precision"], file=r["file"])
             if r["model"] != "floor":
                 if not partial:
@@ -624,7 +732,7 @@ def stage_bench(ctx: Context) -> list[str]:
                     res["max_abs_diff_vs_host"] = max_abs_diff(out, ref)
                     # float32 carries ~7 digits: for outputs far from 1 (e.g. degrees) the bound scales
                     res["parity_bound"] = b.parity_atol * max(1.0, float(np.abs(ref).max()))
-                    if r["precision"] == "fp32" and res["max_abs_diff_vs_host"] > res["parity_bound"]:
+                    if r["precision"] == "fp32" and not res["max_abs_diff_vs_host"] <= res["parity_bound"]:
                         mismatches.append(f"{spec} {r['file']}: {res['max_abs_diff_vs_host']:.3g} "
                                           f"> {res['parity_bound']:.3g}")
             results.append(res)

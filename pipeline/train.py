@@ -9,6 +9,7 @@ all ranks, so early stopping makes the same decision everywhere."""
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import random
 import time
@@ -56,6 +57,17 @@ def _tensors(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
     return [torch.as_tensor(np.ascontiguousarray(a),
                             dtype=torch.int64 if np.issubdtype(np.asarray(a).dtype, np.integer) else torch.float32)
             for a in arrays]
+
+
+def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> None:
+    """A NaN or infinite loss stops training where it appears (NaN compares false, so it would otherwise
+    never become the best epoch and the run would go on with the last finite weights, silently)."""
+    if not (math.isfinite(train) and math.isfinite(val)):
+        from pipeline.errors import NonFiniteError
+
+        raise NonFiniteError(f"{desc}: loss is not finite at epoch {epoch + 1} (train {train}, validation {val}); "
+                             "training diverged or the data holds extreme values: lower the learning rate "
+                             "(teacher.train.lr / distill.train.lr) or rescale the data")
 
 
 @torch.no_grad()
@@ -144,6 +156,7 @@ def fit(
         val_loss = evaluate_loss(model, loss_fn, val_t) if world == 1 else _evaluate_sharded(model, loss_fn, val_t)
         hist.val_loss.append(val_loss)
         hist.epochs_run = epoch + 1
+        _require_finite_loss(desc, epoch, hist.train_loss[-1], val_loss)
         if val_loss < hist.best_val:
             hist.best_val, hist.best_epoch, since_best = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -42,6 +42,11 @@ def test_every_export_was_checked_against_pytorch(e2e_run):
     for (model, fmt), r in by.items():
         assert r["status"] in ("ok", "over_limit"), r
         assert r["n_outputs"] == 1
+        assert r["non_finite_outputs"] == 0
+        if r["file"].endswith(".onnx"):  # onnx.checker.check_model(full_check=True), e.g. fp16 nodes sorted
+            assert r["onnx_checker"] == "ok", r
+        if r["file"].endswith(".tflite"):  # TensorFlow's own interpreter loads it too, not only LiteRT
+            assert r["tensorflow_interpreter"] == "ok", r
         if fmt.endswith("fp32"):
             assert r["max_abs_diff_vs_torch"] <= 1e-4
     # int8 error is measured and reported, and is not zero (it really is quantized)
@@ -97,7 +102,8 @@ def test_report_json_has_versions_hash_metrics_parity_latency(e2e_run):
 
 def test_second_run_skips_every_stage_and_says_so(e2e_run, small_config_file):
     out, _ = e2e_run
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")
+              if p.is_file() and p.name not in ("config.yaml", ".pocketkd.lock")}  # the lock file names its holder
     proc = run_cli("run", "--config", small_config_file, "--out", out)
     assert proc.returncode == 0, proc.stderr
     not_cached = [line for line in proc.stderr.splitlines() if " stage " in line and "cached" not in line]
@@ -235,3 +241,21 @@ def test_strict_exits_3_when_a_file_is_over_its_limit(e2e_run, small_config_file
     assert "cached" in proc.stderr and "stage teacher  cached" in proc.stderr  # no retraining
     proc = run_cli("run", "--config", small_config_file, "--out", run, *tight)
     assert proc.returncode == 0 and "verdicts: 1 over limit" in proc.stdout
+
+
+def test_export_that_fails_leaves_no_new_out(e2e_run, tmp_path):
+    """`pipeline export --run R --out NEW`: NEW (and its missing parents) appear only when the export succeeds."""
+    import shutil
+
+    out, _ = e2e_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("android", "bench", "plots", "*.tflite", "*.ort"))
+    (run / "student.pt").write_bytes(b"not a checkpoint")  # consistent with the manifest, but unreadable
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"]["student.pt"]["sha256"] = sha256_file(run / "student.pt")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("export", "--run", run, "--formats", "onnx_fp32", "--no-android", "--out", tmp_path / "new" / "exp")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "student.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"

@@ -338,7 +338,7 @@ def test_npz_presplit_and_images(tmp_path):
     assert np.allclose(d.x["test"], arrays["X_test"] / 255.0)
     assert np.allclose(d.y["val"][:, 0], arrays["y_val"])
     # (n, H, W) gets a channel axis
-    d = load_source(npz(tmp_path, X=np.full((20, 5, 5), 0.5), y=np.zeros(20)), 0, tmp_path)
+    d = load_source(npz(tmp_path, X=np.full((20, 5, 5), 0.5), y=np.arange(20.0)), 0, tmp_path)
     assert d.x["train"].shape[1:] == (1, 5, 5)
     msg = data_error(
         load_source,
