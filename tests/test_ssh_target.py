@@ -165,9 +165,10 @@ def test_remote_without_runtime_says_which_to_install(sshd, tiny, pythons, tmp_p
     before = remote_tmp_dirs()
     with pytest.raises(TargetError, match=r"lacks the runtime for tiny\.onnx .*missing runtime.*pip install onnxruntime"):
         target.run(path, x, runs=1, warmup=0)
-    # a .tflite needs LiteRT; the runner looks for an interpreter before it opens the file
+    # a .tflite needs LiteRT: a file with the TFLite identifier passes the magic-byte check, then the
+    # runner looks for an interpreter before it parses the file
     tfl = tmp_path / "student_fp32.tflite"
-    tfl.write_bytes(b"\0" * 64)
+    tfl.write_bytes(b"\0" * 4 + b"TFL3" + b"\0" * 56)
     with pytest.raises(TargetError, match=r"lacks the runtime for student_fp32\.tflite .*pip install ai-edge-litert"):
         target.run(tfl, x, runs=1, warmup=0)
     assert remote_tmp_dirs() == before  # cleaned up after failures too
