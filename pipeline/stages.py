@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 import pipeline
 from models import Regressor, TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
-from pipeline import distributed
+from pipeline import distributed, qat
 from pipeline.config import Config
 from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset, n_outputs
 from pipeline.errors import UserError
@@ -421,10 +421,18 @@ def stage_student(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = Splits.load(ctx.path("data.npz"))
     two_head = load_model(ctx.path("student_mt.pt"), cfg)
-    deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     d_in, d_out = _dims(splits)
     x = splits.x["test"]
     head_index = 0 if cfg.student.keep_head == "label" else 1
+    qat_record = None
+    if qat.applies(cfg):  # fine-tune with fake int8 quantization under the method loss (pipeline/qat.py)
+        before = metrics_of(cfg, splits, predict(two_head, x)[head_index])
+        with np.load(ctx.path("teacher_preds.npz")) as z:
+            yt = {s: z[s] for s in ("train", "val")}
+            significance = z["significance_train"] if "significance_train" in z.files else None
+        qat_record = {**qat.qat_finetune(cfg, splits, yt, two_head, significance), "test_before": before,
+                      "test_after": metrics_of(cfg, splits, predict(two_head, x)[head_index])}
+    deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
     save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
     atomic_write_json(
@@ -437,6 +445,7 @@ def stage_student(ctx: Context) -> list[str]:
             "abstain_output": deployed_abstains(cfg),
             "head_drop_max_abs_diff": diff,
             "test": metrics_of(cfg, splits, predict(deployed, x)),
+            "qat": qat_record,  # None: no quantization-aware fine-tuning (qat.enabled false or not a ReLU student)
         },
     )
     return ["student.pt", "student.json"]
@@ -490,13 +499,16 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
 
     splits = Splits.load(run_dir / "data.npz")
     shape, _ = _dims(splits)
+    export_cfg = cfg.export
+    if qat.applies(cfg) and export_cfg.int8.prepare:  # re-rounding a QAT'd student would undo its learned grid
+        export_cfg = export_cfg.model_copy(update={"int8": export_cfg.int8.model_copy(update={"prepare": False})})
 
     def job(model_file, stem, directory, batch):
         meta = export_metadata(cfg, splits, batch)
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
         return ExportJob(model=load_model(run_dir / model_file, cfg), out_dir=directory, input_shape=shape,
                          x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
-                         cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch,
+                         cfg=export_cfg, stem=stem, metadata={**flat, "model": stem}, batch=batch,
                          task=splits.task, abstain=stem == "student" and deployed_abstains(cfg),
                          angles=splits.angles, output_names=splits.output_names)
 
@@ -679,9 +691,10 @@ STAGES = [
           distributed=True, help="train the large teacher (or load the one you give)"),
     Stage("distill", stage_distill, reads=("data.npz", "teacher_preds.npz"), config=("student", "distill", "teacher"),
           distributed=True, help="train the two-head student (and the baselines)"),
-    Stage("student", stage_student, reads=("student_mt.pt", "data.npz"), config=("student", "distill"),
-          help="drop the teacher head: a single-output student"),
-    Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student"),
+    Stage("student", stage_student, reads=("student_mt.pt", "data.npz", "teacher_preds.npz"),
+          config=("student", "distill", "qat", "export.int8"),
+          help="quantization-aware fine-tuning (qat), then drop the teacher head: a single-output student"),
+    Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student", "qat"),
           version="2",  # 2: full-integer TFLite rows report input_rounding
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
     Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",), environment=bench_environment,

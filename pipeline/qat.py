@@ -1,0 +1,214 @@
+"""Quantization-aware fine-tuning (QAT) of the distilled two-head student, under the method's own loss.
+
+After distillation the student is fine-tuned for a few epochs with fake quantization on its
+*deployed* path (backbone + kept head), in the scheme both int8 targets use:
+
+* weights: per-output-channel symmetric int8, scale = max|w| / 127 (what ORT's and TFLite's
+  converters compute), straight-through estimator, scale recomputed every forward pass;
+* activations: per-tensor asymmetric 8-bit over [min(rmin, 0), max(rmax, 0)] (ORT QDQ uint8 and
+  LiteRT int8 share this 256-level grid), at the tensors ORT's QDQ quantizer quantizes: the input
+  of a quantized Gemm/Conv (not the first layer's with ``export.int8.float_first_layer``), the
+  ReLU output after a quantized layer (ORT folds the ReLU into the quantization), the model output;
+  max-pool / flatten keep their input's grid. rmin / rmax are the min / max of that tensor over the
+  int8 *calibration sample* (``export.calibration``), recomputed through the current model each epoch
+  (weights fake-quantized, activations float: what ORT's MinMax calibrator sees on the final model).
+
+The teacher head stays float and keeps supervising through the method loss. At the end the weights
+are snapped onto their int8 grid, so the converters add no weight rounding, and the exporters'
+MinMax calibration on the same sample reproduces the activation ranges the student learned with.
+Why this and not PyTorch's pt2e QAT flow: docs/QAT.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+log = logging.getLogger(__name__)
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+SAME_GRID = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # keep the input's grid
+
+
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric int8 scale max|w| / 127 as ORT computes it (float64, then float32)."""
+    absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).double()
+    scale = (absmax / 127.0).float()
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def activation_qparams(rmin: float, rmax: float) -> tuple[float, int]:
+    """(scale, zero point) of the uint8 grid over [min(rmin, 0), max(rmax, 0)], exactly as
+    ``onnxruntime.quantization.quant_utils.compute_scale_zp`` computes them."""
+    lo, hi = np.minimum(np.float32(rmin), np.float32(0)), np.maximum(np.float32(rmax), np.float32(0))
+    scale = np.float64(hi) - np.float64(lo)
+    scale = scale / 255.0
+    if np.float32(scale) < np.finfo(np.float32).tiny:
+        return 1.0, 0
+    zp = int(np.round(0 - np.float64(lo) / scale))
+    return float(np.float32(scale)), zp
+
+
+class PerChannelInt8(nn.Module):
+    """Weight parametrization: fake-quantized onto the per-channel symmetric int8 grid (STE)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = weight_scale(w)
+        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32),
+                                                      0, -127, 127)
+
+
+def deployed_modules(student: nn.Module, keep: str = "label") -> list[nn.Module]:
+    """Leaf modules of the deployed path in forward order: the backbone's, then the kept head."""
+    leaves = [m for m in student.backbone.modules() if not list(m.children())]
+    return leaves + [student.label_head if keep == "label" else student.teacher_head]
+
+
+def quant_points(modules: list[nn.Module], float_first_layer: bool) -> tuple[list[nn.Module], list[tuple]]:
+    """(weight layers, activation points [(module, "in" | "out")]) of the deployed path, as ORT's QDQ
+    quantizer places them. Raises ValueError on a module the scheme does not cover (e.g. GELU)."""
+    layers = [m for m in modules if isinstance(m, WEIGHT_LAYERS)]
+    points: list[tuple] = []
+    on_grid = False  # is the current tensor already on an 8-bit grid?
+    prev_quantized = False  # was the last weight layer quantized (its ReLU output then is)?
+    for i, m in enumerate(modules):
+        if isinstance(m, WEIGHT_LAYERS):
+            quantized = not (float_first_layer and m is layers[0])
+            if quantized and not on_grid:
+                points.append((m, "in"))
+            prev_quantized, on_grid = quantized, False
+            if i == len(modules) - 1:
+                points.append((m, "out"))  # the model output
+        elif isinstance(m, nn.ReLU):
+            if prev_quantized:
+                points.append((m, "out"))
+            on_grid = prev_quantized
+        elif not isinstance(m, SAME_GRID):
+            raise ValueError(f"quantization-aware training covers Linear/Conv/ReLU/MaxPool/Flatten students; "
+                             f"found {type(m).__name__}")
+    return layers, points
+
+
+class FakeQuant:
+    """Fake quantization attached to a two-head student in place (weight parametrizations and
+    activation hooks on the deployed path); ``calibrate`` sets the activation ranges, ``remove``
+    detaches it, snapping the weights onto their int8 grid."""
+
+    def __init__(self, student: nn.Module, keep: str = "label", float_first_layer: bool = True):
+        self.student = student
+        self.layers, self.points = quant_points(deployed_modules(student, keep), float_first_layer)
+        self.qparams: list[tuple[float, int] | None] = [None] * len(self.points)
+        self._observed: list[list[float]] | None = None
+        self._hooks = []
+        for layer in self.layers:
+            parametrize.register_parametrization(layer, "weight", PerChannelInt8())
+        for k, (m, where) in enumerate(self.points):
+            if where == "in":
+                self._hooks.append(m.register_forward_pre_hook(lambda _m, args, k=k: (self._apply(k, args[0]),)
+                                                               + tuple(args[1:])))
+            else:
+                self._hooks.append(m.register_forward_hook(lambda _m, _args, out, k=k: self._apply(k, out)))
+
+    def _apply(self, k: int, t: torch.Tensor) -> torch.Tensor:
+        if self._observed is not None:  # calibration: record the float range, change nothing
+            lo, hi = float(t.detach().min()), float(t.detach().max())
+            seen = self._observed[k]
+            self._observed[k] = [min(seen[0], lo), max(seen[1], hi)] if seen else [lo, hi]
+            return t
+        if self.qparams[k] is None:
+            return t
+        scale, zp = self.qparams[k]
+        return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
+
+    @torch.no_grad()
+    def calibrate(self, x: np.ndarray, batch: int = 512) -> list[tuple[float, float]]:
+        """Set every activation grid from min / max over ``x`` (weights fake-quantized, activations float)."""
+        was_training = self.student.training
+        self.student.eval()
+        self._observed = [[] for _ in self.points]
+        try:
+            xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+            for i in range(0, len(xt), batch):
+                self.student(xt[i : i + batch])
+            ranges = [tuple(r) for r in self._observed]
+        finally:
+            self._observed = None
+            self.student.train(was_training)
+        self.qparams = [activation_qparams(lo, hi) for lo, hi in ranges]
+        return ranges
+
+    def remove(self) -> None:
+        """Detach the fake quantization; the weights keep their int8-grid values (snapped)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for layer in self.layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
+def applies(cfg) -> bool:
+    """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation)."""
+    return bool(cfg.qat.enabled) and cfg.student.activation == "relu"
+
+
+def calibration_rows(cfg, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """The int8 calibration sample of the training split, the one the exporters calibrate on."""
+    from export.calibration import calibration_indices
+
+    q = cfg.export.int8
+    seed = getattr(q, "calibration_seed", 0)  # export.int8.calibration_seed, once the config has it
+    return x[calibration_indices(len(x), q.calibration_samples, seed, y)]
+
+
+def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
+                 significance: np.ndarray | None = None) -> dict:
+    """Fine-tune ``student`` (two heads, output units) in place with fake quantization under the
+    method loss of ``cfg.distill.method``; its weights end on their int8 grid. Returns a record."""
+    from pipeline.config import TrainConfig
+    from pipeline.methods import TrainingSet, build_method
+    from pipeline.train import evaluate_loss, fit
+
+    q = cfg.qat
+    y = {s: splits.y[s] for s in ("train", "val")}
+    residuals = y["train"] - yt["train"] if splits.task == "regression" else None
+    method = build_method(cfg.distill.method, cfg.distill, residuals,
+                          TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance))
+    if hasattr(method, "_epochs_done"):  # a trained student: warm-up phases (ka_gambler) are over
+        method._epochs_done = 10**9
+    x_cal = calibration_rows(cfg, splits.x["train"], splits.y["train"])
+    n, n_val = len(y["train"]), len(y["val"])
+    val = (splits.x["val"], y["val"], yt["val"], np.full(n_val, -1))
+
+    def loss_fn(m, b):
+        label_out, teacher_out = m(b[0])
+        return method.loss(label_out, teacher_out, b[1], b[2], b[3] if b[3][0] >= 0 else None)
+
+    t0 = time.perf_counter()
+    fq = FakeQuant(student, cfg.student.keep_head, cfg.export.int8.float_first_layer)
+    try:
+        fq.calibrate(x_cal)
+        before = evaluate_loss(student, loss_fn, [torch.as_tensor(np.ascontiguousarray(a)) for a in val])
+        train_cfg = TrainConfig(epochs=q.epochs, batch_size=cfg.distill.train.batch_size, lr=q.lr,
+                                weight_decay=cfg.distill.train.weight_decay, patience=q.epochs)
+
+        def epoch_end(_epoch):
+            method.epoch_end()
+            fq.calibrate(x_cal)  # the grids of the weights this epoch ended with
+
+        hist = fit(student, loss_fn, (splits.x["train"], y["train"], yt["train"], np.arange(n)), val, train_cfg,
+                   seed=cfg.seed + 3, desc=f"qat[{cfg.distill.method}]", on_epoch_end=epoch_end)
+        ranges = fq.calibrate(x_cal)  # the best epoch's weights: the ranges the exporters will find
+    finally:
+        fq.remove()
+    seconds = time.perf_counter() - t0
+    log.info("qat: %d epochs in %.1fs, fake-quantized val loss %.5f -> %.5f", hist.epochs_run, seconds, before,
+             hist.best_val)
+    return {"epochs": hist.epochs_run, "best_epoch": hist.best_epoch + 1, "lr": q.lr, "seconds": round(seconds, 3),
+            "val_loss_fake_quant_before": before, "val_loss_fake_quant_after": hist.best_val,
+            "calibration_rows": len(x_cal), "weight_layers": len(fq.layers),
+            "activation_ranges": [[round(lo, 6), round(hi, 6)] for lo, hi in ranges]}
