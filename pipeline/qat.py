@@ -151,6 +151,31 @@ class FakeQuant:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
 
 
+@torch.no_grad()
+def gptq_init(fq: FakeQuant, x: np.ndarray) -> None:
+    """Start from the best PTQ point: round each Linear's weights onto their int8 grid GPTQ-style
+    (``export.quantize.gptq_round``), layer by layer, on the calibration inputs as the quantized
+    model feeds them (earlier layers rounded, activations on their grids)."""
+    from export.quantize import gptq_round
+
+    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    for layer in fq.layers:
+        if not isinstance(layer, nn.Linear) or layer.in_features < 2:
+            continue
+        fq.calibrate(x)
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))  # after FakeQuant's
+        try:
+            fq.student.eval()
+            fq.student(xt)
+        finally:
+            hook.remove()
+        w = layer.parametrizations.weight.original
+        q = gptq_round(w.double().numpy(), torch.cat(seen).reshape(-1, layer.in_features).double().numpy())
+        w.copy_(torch.as_tensor(q, dtype=w.dtype))
+    fq.calibrate(x)
+
+
 def applies(cfg) -> bool:
     """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation)."""
     return bool(cfg.qat.enabled) and cfg.student.activation == "relu"
@@ -191,7 +216,7 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
     t0 = time.perf_counter()
     fq = FakeQuant(student, cfg.student.keep_head, cfg.export.int8.float_first_layer)
     try:
-        fq.calibrate(x_cal)
+        gptq_init(fq, x_cal)
         before = evaluate_loss(student, loss_fn, [torch.as_tensor(np.ascontiguousarray(a)) for a in val])
         train_cfg = TrainConfig(epochs=q.epochs, batch_size=cfg.distill.train.batch_size, lr=q.lr,
                                 weight_decay=cfg.distill.train.weight_decay, patience=q.epochs)
