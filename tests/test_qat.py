@@ -148,3 +148,21 @@ def test_unsupported_activation_is_refused():
     student = TwoHeadStudent(MLP((1,), [8], activation="gelu"), 1)
     with pytest.raises(ValueError, match="GELU"):
         qat.FakeQuant(student)
+
+
+def test_the_student_stage_cache_follows_the_qat_config_and_calibration():
+    from pipeline.stages import STAGES
+
+    slices = {s.name: s.config for s in STAGES}
+
+    def h(cfg, stage):
+        return cfg.section_hash(*slices[stage])
+
+    base = Config()
+    lr = Config.model_validate({"qat": {"lr": 1e-4}})
+    calib = Config.model_validate({"export": {"int8": {"calibration_samples": 100}}})
+    opset = Config.model_validate({"export": {"opset": 17}})
+    assert h(lr, "student") != h(base, "student") and h(lr, "export") != h(base, "export")
+    assert h(lr, "distill") == h(base, "distill")  # changing QAT does not retrain the distilled student
+    assert h(calib, "student") != h(base, "student")  # QAT calibrates on the export's sample
+    assert h(opset, "student") == h(base, "student")
