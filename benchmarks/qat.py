@@ -145,7 +145,8 @@ def main() -> None:
 
 
 def render(results: list[dict], host: str) -> str:
-    lines = [f"Machine: {host} (AMD EPYC without VNNI: the host's ORT int8 kernels are not used for these figures).",
+    lines = ["## Quantization-aware distillation vs PTQ (issue 12)", "",
+             f"Machine: {host} (AMD EPYC without VNNI: the host's ORT int8 kernels are not used for these figures).",
              "Command: train each run with `python -m pipeline run --out R --set seed=S "
              "--set data.noise.outlier_fraction=F --set distill.baselines=[] --only data --only teacher "
              "--only distill --only student`, then `python benchmarks/qat.py R... --qemu R0 --write`; raw numbers in "
