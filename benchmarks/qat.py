@@ -49,7 +49,16 @@ def exact_qdq(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
-def deploy(run: Path, work: Path, use_qat: bool) -> tuple[dict, float]:
+def overrides(use_qat: bool, extra: list[str]) -> list[str]:
+    """The run's saved config with QAT switched on or off, at today's default epochs / lr (a saved
+    config.yaml may carry older ones) unless ``extra`` (``--set KEY=VALUE``) says otherwise."""
+    from pipeline.config import QATConfig
+
+    d = QATConfig()
+    return [f"qat.enabled={str(use_qat).lower()}", f"qat.epochs={d.epochs}", f"qat.lr={d.lr}", *extra]
+
+
+def deploy(run: Path, work: Path, use_qat: bool, extra: list[str]) -> tuple[dict, float]:
     """Write ``work/student.pt`` from the run's two-head student (with or without QAT); (qat record, seconds)."""
     import torch
 
@@ -60,7 +69,7 @@ def deploy(run: Path, work: Path, use_qat: bool) -> tuple[dict, float]:
     from pipeline.stages import load_model, save_model
 
     torch.set_num_threads(1)
-    cfg = load_config(run / "config.yaml", [f"qat.enabled={str(use_qat).lower()}"])
+    cfg = load_config(run / "config.yaml", overrides(use_qat, extra))
     splits = Splits.load(run / "data.npz")
     two_head = load_model(run / "student_mt.pt", cfg)
     record, t0 = None, time.perf_counter()
@@ -75,13 +84,13 @@ def deploy(run: Path, work: Path, use_qat: bool) -> tuple[dict, float]:
     return record, time.perf_counter() - t0
 
 
-def evaluate(run: Path, use_qat: bool, qemu: bool) -> dict:
+def evaluate(run: Path, use_qat: bool, qemu: bool, extra: list[str]) -> dict:
     from pipeline.config import load_config
     from pipeline.data import Splits
     from pipeline.metrics import rmse
     from pipeline.stages import export_student
 
-    cfg = load_config(run / "config.yaml", [f"qat.enabled={str(use_qat).lower()}"])
+    cfg = load_config(run / "config.yaml", overrides(use_qat, extra))
     splits = Splits.load(run / "data.npz")
     x, y = splits.x["test"], splits.y_clean["test"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +98,7 @@ def evaluate(run: Path, use_qat: bool, qemu: bool) -> dict:
         for name in ("data.npz", "teacher.json", "teacher.pt", "config.yaml"):
             if (run / name).exists():
                 shutil.copy(run / name, work / name)
-        record, seconds = deploy(run, work, use_qat)
+        record, seconds = deploy(run, work, use_qat, extra)
         rows = {r["format"]: r for r in export_student(cfg, work, work / "out", ["onnx_fp32"] + INT8, android=False)
                 ["formats"] if r["model"] == "student"}
         out = {"qat": record, "seconds": seconds, "fp32_rmse": rows["onnx_fp32"]["rmse"], "host": {}, "exact": {},
@@ -119,6 +128,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--qemu", nargs="*", type=Path, default=[], help="runs also judged on qemu-aarch64 outputs")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--set", action="append", default=[], help="config override for both variants, e.g. qat.lr=1e-4")
     ap.add_argument("--write", action="store_true", help="rewrite the qat section of docs/BENCHMARKS.md")
     ap.add_argument("--render", action="store_true", help="no exports: render --out's saved results")
     args = ap.parse_args()
@@ -131,7 +141,8 @@ def main() -> None:
             entry = {"run": str(run), "data": c["data"]["name"], "seed": c["seed"],
                      "outliers": c["data"]["noise"]["outlier_fraction"]}
             for variant in ("ptq", "qat"):
-                entry[variant] = evaluate(run, variant == "qat", run in args.qemu)
+                entry[variant] = evaluate(run, variant == "qat", run in args.qemu, args.set)
+            entry["overrides"] = overrides(True, args.set)
             results = [e for e in results if e["run"] != str(run)] + [entry]
             print(json.dumps({k: entry[k] for k in ("run", "seed", "outliers")}),
                   {v: {j: {f: round(r / entry["ptq"]["fp32_rmse"], 3) for f, r in entry[v][j].items() if r}
