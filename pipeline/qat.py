@@ -176,6 +176,64 @@ def gptq_init(fq: FakeQuant, x: np.ndarray) -> None:
     fq.calibrate(x)
 
 
+@torch.no_grad()
+def equalise(student: nn.Module, keep: str, x: np.ndarray, alpha: float) -> int:
+    """Cross-layer equalisation (Nagel et al. 2019) of the Linear-ReLU-Linear pairs on the deployed
+    path, as ``export.quantize.prepare_for_int8`` does on the ONNX graph: hidden channel i is scaled by
+    s_i = (max_j r_j / r_i) ** alpha in the first layer and by 1 / s_i in every layer it feeds (both
+    heads after the last hidden layer), so both heads compute the same function. Returns the pairs done."""
+    mods = deployed_modules(student, keep)
+    heads = (student.label_head, student.teacher_head)
+    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    done = 0
+    for a, relu, b in zip(mods, mods[1:], mods[2:]):
+        if not (isinstance(a, nn.Linear) and isinstance(relu, nn.ReLU) and isinstance(b, nn.Linear)) or alpha <= 0:
+            continue
+        seen: list[torch.Tensor] = []
+        hook = relu.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+        try:
+            student.eval()
+            student(xt)
+        finally:
+            hook.remove()
+        r = torch.cat(seen).amax(dim=0)
+        if r.max() <= 0:
+            continue
+        s = torch.where(r > 0, (r.max() / r.clamp_min(1e-30)) ** alpha, torch.ones_like(r))
+        a.weight.mul_(s[:, None])
+        a.bias.mul_(s)
+        for nxt in heads if b in heads else (b,):
+            nxt.weight.div_(s[None, :])
+        done += 1
+    return done
+
+
+@torch.no_grad()
+def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.ndarray,
+                alphas=(0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[FakeQuant, float]:
+    """Equalise ``student`` in place with the strength whose GPTQ-rounded fake-quantized output is
+    closest to the float output on ``x`` (the best PTQ point, as ``export.int8.prepare`` picks it), then
+    attach the fake quantization and GPTQ-round the weights. Returns (FakeQuant, alpha)."""
+    import copy
+
+    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    head = 0 if keep == "label" else 1
+    student.eval()
+    ref = student(xt)[head]
+    best = None
+    for alpha in alphas:
+        cand = copy.deepcopy(student)
+        equalise(cand, keep, x, alpha)
+        gptq_init(FakeQuant(cand, keep, float_first_layer), x)
+        err = float(((cand(xt)[head] - ref) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, alpha)
+    equalise(student, keep, x, best[1])
+    fq = FakeQuant(student, keep, float_first_layer)
+    gptq_init(fq, x)
+    return fq, best[1]
+
+
 def applies(cfg) -> bool:
     """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation)."""
     return bool(cfg.qat.enabled) and cfg.student.activation == "relu"
@@ -214,9 +272,9 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
         return method.loss(label_out, teacher_out, b[1], b[2], b[3] if b[3][0] >= 0 else None)
 
     t0 = time.perf_counter()
-    fq = FakeQuant(student, cfg.student.keep_head, cfg.export.int8.float_first_layer)
+    fq, alpha = start_point(student, cfg.student.keep_head,
+                            cfg.export.int8.float_first_layer, x_cal)
     try:
-        gptq_init(fq, x_cal)
         before = evaluate_loss(student, loss_fn, [torch.as_tensor(np.ascontiguousarray(a)) for a in val])
         train_cfg = TrainConfig(epochs=q.epochs, batch_size=cfg.distill.train.batch_size, lr=q.lr,
                                 weight_decay=cfg.distill.train.weight_decay, patience=q.epochs)
@@ -235,5 +293,5 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
              hist.best_val)
     return {"epochs": hist.epochs_run, "best_epoch": hist.best_epoch + 1, "lr": q.lr, "seconds": round(seconds, 3),
             "val_loss_fake_quant_before": before, "val_loss_fake_quant_after": hist.best_val,
-            "calibration_rows": len(x_cal), "weight_layers": len(fq.layers),
+            "calibration_rows": len(x_cal), "equalisation_alpha": alpha, "weight_layers": len(fq.layers),
             "activation_ranges": [[round(lo, 6), round(hi, 6)] for lo, hi in ranges]}
