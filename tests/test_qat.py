@@ -28,9 +28,19 @@ from pipeline import qat
 from pipeline.config import Config
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models of a few thousand weights: extra threads only add overhead (and contention on CI)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def exact_qdq(path: Path, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
