@@ -45,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from device_bench.targets import RUNNER, Target, TargetError, max_seconds_args
+from pipeline.toolchain import pinned
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: wheel versions from constraints.txt
 DEBIAN_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -59,14 +60,12 @@ DEBS = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libexpat1",
     "zlib1g", "libffi8", "libstdc++6", "libgcc-s1", "libbz2-1.0", "liblzma5", "libssl3", "libuuid1",
 )
-# Pinned, with every dependency pinned too, so that a recipe hash means one set of files.
-# ai-edge-litert 2.3.0 needs numpy>=1.23.2 and is built against NumPy 2; onnxruntime 1.31.1
-# needs numpy>=1.21.6; numpy 2.4.6 has cp311 manylinux_2_27/2_28 aarch64 wheels.
-WHEELS = (
-    "numpy==2.4.6", "onnxruntime==1.31.1", "ai-edge-litert==2.3.0",
-    "flatbuffers==25.12.19", "protobuf==7.36.2", "packaging==26.3", "ml-dtypes==0.6.0",
-    "typing-extensions==4.16.0", "backports-strenum==1.2.8", "tqdm==4.70.1",
-)
+# Pinned, with every dependency pinned too, so that a recipe hash means one set of files. The
+# versions come from constraints.txt (pipeline.toolchain), the same pins as the host install, so the
+# ARM target runs the onnxruntime / LiteRT / NumPy versions that exported and checked the files.
+WHEEL_NAMES = ("numpy", "onnxruntime", "ai-edge-litert", "flatbuffers", "protobuf", "packaging", "ml-dtypes",
+               "typing-extensions", "backports-strenum", "tqdm")
+WHEELS = tuple(pinned(WHEEL_NAMES))
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
                    "manylinux2014_aarch64")
 CPU_FEATURES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "

@@ -210,6 +210,38 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# CPU flags that decide how int8 matrix products are computed: on x86 without a VNNI flag the u8s8
+# kernels of onnxruntime add pairs of products in 16 bits, which saturate; ARM and VNNI do not.
+INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_info() -> dict:
+    """The CPU's int8-relevant flags and the int8 path they imply (a prediction; the bench's probe
+    model measures it)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    machine = platform.machine().lower()
+    have = sorted(f for f in INT8_FLAGS if f in flags)
+    if machine in ("aarch64", "arm64") or machine.startswith("arm"):
+        path = "ARM dot product (sdot/udot), 32-bit sums" if "asimddp" in flags else "ARM NEON, 32-bit sums"
+        saturates = False
+    elif any(f in flags for f in VNNI_FLAGS):
+        path, saturates = "x86 VNNI (vpdpbusd), 32-bit sums", False
+    elif machine in ("x86_64", "amd64", "i386", "i686"):
+        path, saturates = "x86 without VNNI: u8s8 pairs summed in 16 bits (saturate)", True
+    else:
+        path, saturates = "unknown", None
+    return {"machine": machine, "int8_flags": have, "int8_path": path, "u8s8_saturates_expected": saturates}
+
+
 def peak_rss_mb() -> float:
     try:
         import resource
@@ -227,6 +259,7 @@ def platform_info() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        **cpu_int8_info(),
     }
 
 

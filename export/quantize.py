@@ -77,7 +77,8 @@ def quantize_int8_static(
         if prepare and _chain(__import__("onnx").load(str(pre))) is not None:
             # Candidates: no preparation, and each equalisation strength. The simulated int8 error that
             # prepare_for_int8 minimises is close to, not equal to, ORT's: the winner is the candidate
-            # whose real ORT int8 output is closest to the fp32 output on the calibration inputs.
+            # whose ORT int8 output (exact int8 arithmetic, as on ARM: see int8_arith) is closest to
+            # the fp32 output on the calibration inputs.
             ref = _run(pre, input_name, calib_x, batch)
             err = float(np.mean((_run(best, input_name, calib_x, batch) - ref) ** 2))
             for i, alpha in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
@@ -93,15 +94,11 @@ def quantize_int8_static(
 
 
 def _run(model: Path, input_name: str, x: np.ndarray, batch: int) -> np.ndarray:
-    """Outputs on ``x`` in batches of ``batch`` (a fixed-batch model takes no other size; a remainder is dropped)."""
-    import onnxruntime as ort
+    """Outputs on ``x`` with the file's exact int8 arithmetic (``int8_arith``): the choice between
+    candidates must not depend on whether this host's int8 kernels saturate."""
+    from export.int8_arith import exact_outputs
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    x = np.asarray(x, dtype=np.float32)
-    usable = max(batch, len(x) - len(x) % batch)
-    return np.concatenate([sess.run(None, {input_name: x[i : i + batch]})[0] for i in range(0, usable, batch)])
+    return exact_outputs(model, x, batch)
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, calib_x: np.ndarray | None = None,

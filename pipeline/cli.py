@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.errors import ParityError, UserError
 
 log = logging.getLogger("pipeline")
+EXIT_STRICT = 3  # --strict and a file over its limit (or not exported)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run every stage even if cached")
     run.add_argument("--from", dest="start", metavar="STAGE", help=f"re-run from this stage on ({names})")
     run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    run.add_argument("--strict", action="store_true",
+                     help=f"exit {EXIT_STRICT} when any exported file is over its limit or failed to export")
 
     sub.add_parser("stages", help="list the stages in order")
 
@@ -92,6 +95,21 @@ def cmd_run(args) -> int:
     if (run_dir / "report.json").exists():
         print(short_table(run_dir))
         print(f"\nreport: {run_dir / 'report.md'}  (also report.html, report.json, plots/)")
+        return strict_exit(run_dir) if args.strict else 0
+    return 0
+
+
+def strict_exit(run_dir: Path) -> int:
+    """--strict: EXIT_STRICT when a verdict of the report is over_limit, failed or export_failed."""
+    import json
+
+    from pipeline.verdicts import count
+
+    bad = sum(count(json.loads((run_dir / "report.json").read_text()).get("verdicts", [])).values())
+    if bad:
+        print(f"error: --strict: {bad} exported file(s) over their limit or not exported (see the verdicts above)",
+              file=sys.stderr)
+        return EXIT_STRICT
     return 0
 
 

@@ -272,6 +272,9 @@ def _check_method(name: str) -> None:
 
 class Int8Config(_Strict):
     calibration_samples: int = Field(2048, ge=1, description="training inputs fed to the int8 calibration (at most)")
+    calibration_seed: int = Field(
+        0, description="seed of the calibration sample: a random sample of the training split, stratified over the "
+        "label range for regression (never the first rows in file order)")
     calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="ONNX Runtime calibration method"
     )

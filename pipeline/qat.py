@@ -239,13 +239,14 @@ def applies(cfg) -> bool:
     return bool(cfg.qat.enabled) and cfg.student.activation == "relu"
 
 
-def calibration_rows(cfg, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    """The int8 calibration sample of the training split, the one the exporters calibrate on."""
+def calibration_rows(cfg, x: np.ndarray, y: np.ndarray | None, task: str = "regression") -> np.ndarray:
+    """The int8 calibration sample of the training split: the rows ``export.formats.ExportJob.calib_rows``
+    picks (stratified over the labels for regression), so the exporters calibrate on the same inputs."""
     from export.calibration import calibration_indices
 
     q = cfg.export.int8
-    seed = getattr(q, "calibration_seed", 0)  # export.int8.calibration_seed, once the config has it
-    return x[calibration_indices(len(x), q.calibration_samples, seed, y)]
+    return x[calibration_indices(len(x), q.calibration_samples, q.calibration_seed,
+                                 y if task == "regression" else None)]
 
 
 def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
@@ -263,7 +264,7 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
                           TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance))
     if hasattr(method, "_epochs_done"):  # a trained student: warm-up phases (ka_gambler) are over
         method._epochs_done = 10**9
-    x_cal = calibration_rows(cfg, splits.x["train"], splits.y["train"])
+    x_cal = calibration_rows(cfg, splits.x["train"], splits.y["train"], splits.task)
     n, n_val = len(y["train"]), len(y["val"])
     val = (splits.x["val"], y["val"], yt["val"], np.full(n_val, -1))
 

@@ -17,6 +17,8 @@ import pipeline
 from pipeline.config import Config
 from pipeline.data import Splits
 from pipeline.io import atomic_write, atomic_write_json, atomic_write_text
+from pipeline.toolchain import constraints_info
+from pipeline.verdicts import file_verdicts, summary_line
 
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
 
@@ -93,6 +95,10 @@ def collect(run_dir: Path, cfg: Config) -> dict:
     return {
         "pocketkd_version": pipeline.__version__,
         "versions": versions(),
+        "constraints": constraints_info(),
+        "host_int8": export.get("host_int8"),
+        "calibration": export.get("calibration"),
+        "verdicts": file_verdicts(export, bench, student.get("test") or {}),
         "config_hash": cfg.hash(),
         "config": cfg.to_dict(),
         "data": data,
@@ -157,6 +163,11 @@ def tables(rep: dict) -> list[Table]:
     if rep["export"].get("android"):
         out.append(("Android bundle (android/, fixed shapes; see android/README.md)", header,
                     export_rows(rep["export"]["android"])))
+    if rep.get("verdicts"):
+        out.append(("Verdicts of the fp16 / int8 files (judged on ARM outputs when an ARM target ran them)",
+                    ["file", "status", "measure", "value", "limit", "judged on"],
+                    [[v["file"], v["status"], v.get("measure") or "–", _f(v.get("value"), 3), _f(v.get("limit"), 3),
+                      v["judged_on"]] for v in rep["verdicts"]]))
     for target, b in rep["bench"].items():
         teacher_p50 = next((r["latency_ms"]["p50"] for r in b["results"]
                             if r["model"] == "teacher" and r["format"] == "onnx_fp32"), None)
@@ -422,4 +433,6 @@ def short_table(run_dir: Path) -> str:
                          + p50s("student", r["file"]))
     if any(b.get("emulated") for b in rep["bench"].values()):
         lines.append("* emulated under qemu: latency is not device latency; accuracy is from ARM outputs")
+    if rep.get("verdicts") is not None:
+        lines.append(summary_line(rep["verdicts"]))
     return "\n".join(lines)

@@ -508,12 +508,18 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
         return ExportJob(model=load_model(run_dir / model_file, cfg), out_dir=directory, input_shape=shape,
                          x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
+                         y_calib=splits.y["train"],
                          cfg=export_cfg, stem=stem, metadata={**flat, "model": stem}, batch=batch,
                          task=splits.task, abstain=stem == "student" and deployed_abstains(cfg),
                          angles=splits.angles, output_names=splits.output_names)
 
-    result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump()}
-    result["formats"] = export_all(job("student.pt", "student", out_dir, None), formats)
+    from export.int8_arith import host_int8_profile
+
+    result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump(),
+              "host_int8": host_int8_profile()}
+    student_job = job("student.pt", "student", out_dir, None)
+    result["calibration"] = student_job.calibration_info()
+    result["formats"] = export_all(student_job, formats)
     teacher_info = json.loads((run_dir / "teacher.json").read_text())
     if teacher_info.get("model_file") == "teacher_given.onnx":
         result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
@@ -657,7 +663,14 @@ def teacher_environment(cfg: Config) -> str:
 def bench_environment(cfg: Config) -> str:
     from device_bench.targets import parse_target
 
-    return "|".join(parse_target(spec).fingerprint() for spec in cfg.bench.targets)
+    return "|".join(parse_target(spec).fingerprint() for spec in cfg.bench.targets) + "|" + export_environment(cfg)
+
+
+def export_environment(cfg: Config) -> str:
+    """The host's int8 arithmetic (CPU flags, measured saturation): host-kernel columns depend on it."""
+    from export.int8_arith import host_int8_profile, profile_fingerprint
+
+    return profile_fingerprint(host_int8_profile())
 
 
 def resolve_targets(cfg: Config) -> tuple[Config, list[str]]:
@@ -695,7 +708,8 @@ STAGES = [
           config=("student", "distill", "qat", "export.int8"),
           help="quantization-aware fine-tuning (qat), then drop the teacher head: a single-output student"),
     Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student", "qat"),
-          version="2",  # 2: full-integer TFLite rows report input_rounding
+          environment=export_environment,
+          version="3",  # 3: int8 ORT rows judged on exact int8 arithmetic; seeded calibration sample
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
     Stage("bench", stage_bench, reads=("export.json", "data.npz"), config=("bench",), environment=bench_environment,
           help="latency and accuracy of every exported file on each target"),

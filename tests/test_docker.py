@@ -15,6 +15,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from device_bench import qemu
+from pipeline import toolchain
 from tests.conftest import ROOT
 
 DOCKER = ROOT / "docker"
@@ -104,20 +105,39 @@ def test_pipeline_image_installs_the_project_and_pyprojects_torch(project):
         assert pkg in run
 
 
-def test_runner_image_pins_satisfy_pyproject_and_match_the_qemu_sysroot(project):
+def constraint_files(path):
+    """The -c FILE of every pip install in RUN lines."""
+    files = []
+    for word, rest in instructions(path):
+        if word == "RUN":
+            toks = shlex.split(rest)
+            files += [toks[i + 1] for i, t in enumerate(toks[:-1]) if t in ("-c", "--constraint")]
+    return files
+
+
+def test_images_install_with_the_pinned_toolchain():
+    for name, constraints in (("Dockerfile", "constraints.txt"), ("Dockerfile.runner", "/tmp/constraints.txt")):
+        path = DOCKER / name
+        assert constraint_files(path) == [constraints], name
+        copies = [rest.split() for word, rest in instructions(path) if word == "COPY"]
+        assert any("constraints.txt" in c[:-1] for c in copies), f"{name} does not COPY constraints.txt"
+        ignore = (DOCKER / f"{name}.dockerignore").read_text().split()
+        assert "!constraints.txt" in ignore
+
+
+def test_runner_image_installs_what_the_qemu_sysroot_runs(project):
     deps, requires_python = project
     path = DOCKER / "Dockerfile.runner"
     assert base_python(path) in SpecifierSet(requires_python)
     assert base_python(path) == Version(qemu.PYTHON_VERSION)
     reqs = [Requirement(r) for rs, _, _ in pip_installs(path) for r in rs]
-    names = {r.name.lower() for r in reqs}
-    assert names == {"numpy", "onnxruntime", "ai-edge-litert"}
-    sysroot_pins = {Requirement(w).name.lower(): Requirement(w).specifier for w in qemu.WHEELS}
-    for r in reqs:
-        (spec,) = list(r.specifier)
-        assert spec.operator == "==", f"{r} is not pinned"
-        assert Version(spec.version) in deps[r.name.lower()].specifier, f"{r} violates pyproject's {deps[r.name.lower()]}"
-        assert r.specifier == sysroot_pins[r.name.lower()], f"{r} differs from the qemu sysroot's pin"
+    assert {r.name.lower() for r in reqs} == {"numpy", "onnxruntime", "ai-edge-litert"}
+    pinned = toolchain.pins()
+    sysroot_pins = {toolchain.normalize(Requirement(w).name): str(Requirement(w).specifier) for w in qemu.WHEELS}
+    for r in reqs:  # the image's versions (from constraints.txt) are the sysroot's
+        name = toolchain.normalize(r.name)
+        assert sysroot_pins[name] == f"=={pinned[name]}"
+        assert Version(pinned[name]) in deps[r.name.lower()].specifier
     copies = [rest.split() for word, rest in instructions(path) if word == "COPY"]
     assert ["device_bench/runner.py", "/opt/pocketkd/runner.py"] in copies
     entry = next(rest for word, rest in instructions(path) if word == "ENTRYPOINT")

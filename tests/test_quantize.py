@@ -14,6 +14,7 @@ from torch import nn
 
 from export import ort_tools
 from export.onnx_export import export_onnx
+from export.int8_arith import exact_outputs
 from export.quantize import gptq_round, prepare_for_int8, quantize_int8_dynamic, quantize_int8_static
 
 
@@ -91,7 +92,9 @@ def test_prepared_int8_is_closer_to_fp32(sine_mlp, tmp_path):
         quantize_int8_static(src, tmp_path / f"s{prep}.onnx", x, "input", float_first_layer=True, prepare=prep)
         quantize_int8_dynamic(src, tmp_path / f"d{prep}.onnx", True, calib_x=x if prep else None,
                               float_first_layer=prep)
-        err[prep] = [float(np.sqrt(np.mean((_run(tmp_path / f"{k}{prep}.onnx", x) - ref) ** 2))) for k in "sd"]
+        # exact int8 arithmetic (as on ARM / VNNI): this host's kernels may saturate (test_int8_arith.py)
+        err[prep] = [float(np.sqrt(np.mean((exact_outputs(tmp_path / f"{k}{prep}.onnx", x) - ref) ** 2)))
+                     for k in "sd"]
     assert err[True][0] < err[False][0] and err[True][1] < err[False][1], err
 
 
