@@ -176,3 +176,26 @@ def test_the_student_stage_cache_follows_the_qat_config_and_calibration():
     assert h(lr, "distill") == h(base, "distill")  # changing QAT does not retrain the distilled student
     assert h(calib, "student") != h(base, "student")  # QAT calibrates on the export's sample
     assert h(opset, "student") == h(base, "student")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(enabled, tmp_path, monkeypatch):
+    import json
+
+    import export
+    from pipeline.data import make_dataset
+    from pipeline.stages import build_deployed, build_teacher, export_student, save_model
+
+    cfg = Config.model_validate({"data": {"n_train": 300, "n_val": 50, "n_test": 50},
+                                 "export": {"int8": {"calibration_samples": 100}}, "qat": {"enabled": enabled}})
+    splits = make_dataset(cfg.data, cfg.seed)
+    splits.save(tmp_path / "data.npz")
+    save_model(tmp_path / "student.pt", build_deployed(cfg, (1,), 1), "deployed", (1,), 1)
+    save_model(tmp_path / "teacher.pt", build_teacher(cfg, (1,), 1), "teacher", (1,), 1)
+    (tmp_path / "teacher.json").write_text(json.dumps({"model_file": "teacher.pt"}))
+    seen = []
+    monkeypatch.setattr(export, "export_all", lambda job, names: seen.append(job) or [])
+    export_student(cfg, tmp_path, tmp_path / "out", ["onnx_int8"], android=False)
+    student = seen[0]
+    assert student.cfg.int8.prepare is (not enabled)  # a QAT'd student is exported as it is
+    np.testing.assert_array_equal(student.calib, qat.calibration_rows(cfg, splits.x["train"], splits.y["train"]))
