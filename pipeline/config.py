@@ -290,7 +290,7 @@ class Int8Config(_Strict):
 
 class QATConfig(_Strict):
     enabled: bool = Field(
-        False, description="after distillation, fine-tune the student with fake int8 quantization (ORT QDQ / LiteRT "
+        True, description="after distillation, fine-tune the student with fake int8 quantization (ORT QDQ / LiteRT "
         "int8 scheme) under the method's loss, weights snapped to the int8 grid; the export then skips "
         "export.int8.prepare (docs/QAT.md). ReLU students only"
     )
