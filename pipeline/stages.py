@@ -432,6 +432,9 @@ def stage_student(ctx: Context) -> list[str]:
             significance = z["significance_train"] if "significance_train" in z.files else None
         qat_record = {**qat.qat_finetune(cfg, splits, yt, two_head, significance), "test_before": before,
                       "test_after": metrics_of(cfg, splits, predict(two_head, x)[head_index])}
+    elif cfg.qat.enabled:
+        log.info("qat: skipped, %s students are not covered (ReLU only); post-training int8 as before",
+                 cfg.student.activation)
     deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
     save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
