@@ -13,7 +13,9 @@ After distillation the student is fine-tuned for a few epochs with fake quantiza
   int8 *calibration sample* (``export.calibration``), recomputed through the current model each epoch
   (weights fake-quantized, activations float: what ORT's MinMax calibrator sees on the final model).
 
-The teacher head stays float and keeps supervising through the method loss. At the end the weights
+Fine-tuning starts from the best post-training point (cross-layer equalisation + GPTQ rounding, as
+``export.int8.prepare`` does to the ONNX file). The teacher head stays float and keeps supervising
+through the method loss. At the end the weights
 are snapped onto their int8 grid, so the converters add no weight rounding, and the exporters'
 MinMax calibration on the same sample reproduces the activation ranges the student learned with.
 Why this and not PyTorch's pt2e QAT flow: docs/QAT.md.
