@@ -28,8 +28,12 @@ def machine() -> str:
     import os
 
     from device_bench.runner import cpu_model
+    from export.int8_arith import host_int8_profile
 
-    return f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    p = host_int8_profile()  # int8 results depend on these: printed with every table
+    flags = ", ".join(p["int8_flags"]) or "none"
+    return (f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"int8 flags: {flags}; onnxruntime u8s8 {'saturates' if p['u8s8_saturates'] else 'exact'} (probe)")
 
 
 def teacher_and_targets(cfg: Config) -> tuple[Splits, dict[str, np.ndarray], float]:

@@ -70,6 +70,11 @@ def test_sorted_training_split_gives_int8_within_the_limit(sorted_run):
     assert "seeded random sample" in exp["calibration"]["how"]
     rep = json.loads((sorted_run / "report.json").read_text())
     assert rep["calibration"] == exp["calibration"]
+    assert [v["status"] for v in rep["verdicts"]] == ["ok"]
+    # every verdict ok: --strict exits 0 (every stage cached)
+    proc = run_cli("run", "--config", sorted_run.parent / "c.yaml", "--out", sorted_run, "--strict",
+                   cwd=sorted_run.parent)
+    assert proc.returncode == 0 and "verdicts: all 1 fp16/int8 files within their limits" in proc.stdout
 
 
 def test_first_rows_of_a_sorted_split_would_not_have_been(sorted_run, tmp_path):
