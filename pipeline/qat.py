@@ -237,8 +237,10 @@ def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.nd
 
 
 def applies(cfg) -> bool:
-    """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation)."""
-    return bool(cfg.qat.enabled) and cfg.student.activation == "relu"
+    """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation):
+    ReLU students of the ``mlp`` / ``cnn`` families (sequential Linear/Conv/ReLU/MaxPool paths). The
+    reference image architectures (BatchNorm, ReLU6 / Hardswish, residual adds) are not covered yet."""
+    return bool(cfg.qat.enabled) and cfg.student.activation == "relu" and cfg.student.backbone in ("mlp", "cnn")
 
 
 def calibration_rows(cfg, x: np.ndarray, y: np.ndarray | None, task: str = "regression") -> np.ndarray:

@@ -433,8 +433,8 @@ def stage_student(ctx: Context) -> list[str]:
         qat_record = {**qat.qat_finetune(cfg, splits, yt, two_head, significance), "test_before": before,
                       "test_after": metrics_of(cfg, splits, predict(two_head, x)[head_index])}
     elif cfg.qat.enabled:
-        log.info("qat: skipped, %s students are not covered (ReLU only); post-training int8 as before",
-                 cfg.student.activation)
+        log.info("qat: skipped, %s %s students are not covered (ReLU mlp / cnn only); post-training int8 as before",
+                 cfg.student.activation, cfg.student.backbone)
     deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
     save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
