@@ -199,3 +199,10 @@ def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(en
     student = seen[0]
     assert student.cfg.int8.prepare is (not enabled)  # a QAT'd student is exported as it is
     np.testing.assert_array_equal(student.calib, qat.calibration_rows(cfg, splits.x["train"], splits.y["train"]))
+
+
+def test_qat_is_on_by_default_for_relu_mlp_and_cnn_students_only():
+    assert qat.applies(Config())
+    assert qat.applies(Config.model_validate({"student": {"backbone": "cnn"}, "data": {"name": "digits_rotation"}}))
+    assert not qat.applies(Config.model_validate({"student": {"activation": "gelu"}}))
+    assert not qat.applies(Config.model_validate({"qat": {"enabled": False}}))
