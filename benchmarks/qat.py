@@ -179,7 +179,7 @@ def render(results: list[dict], host: str) -> str:
              "under qemu. fp32 after QAT: the QAT'd student's own float RMSE / the distilled one's.", "",
              "*QAT own*: the worst float-input int8 file (the first four columns) after QAT / the QAT'd "
              "student's own fp32 RMSE (what the export's limit checks). digits_rotation: `configs/digits_rotation.yaml` "
-             "with `--set teacher.train.epochs=20` (reduced for time), one seed. Single runs, one seed each.", "",
+             "with `--set teacher.train.epochs=20` (reduced for time). Each row is one training run.", "",
              "| data, seed, outliers | judged on | fp32 after QAT | " + " | ".join(INT8) + " | QAT own | QAT s |",
              "|---" * (len(INT8) + 5) + "|"]
     results = sorted(results, key=lambda e: (e["data"] != "sinusoid", e["data"], e["outliers"], e["seed"]))
