@@ -316,6 +316,16 @@ class Int8Config(_Strict):
     )
 
 
+class QATConfig(_Strict):
+    enabled: bool = Field(
+        True, description="after distillation, fine-tune the student with fake int8 quantization (ORT QDQ / LiteRT "
+        "int8 scheme) under the method's loss, weights snapped to the int8 grid; the export then skips "
+        "export.int8.prepare (docs/QAT.md). ReLU students only"
+    )
+    epochs: int = Field(10, ge=1, description="QAT fine-tuning epochs (the best fake-quantized validation loss is kept)")
+    lr: float = Field(3e-5, gt=0, description="Adam learning rate of the QAT fine-tuning")
+
+
 class LimitsConfig(_Strict):
     fp16_rmse_ratio: float = Field(1.01, ge=1, description="fp16 files: RMSE at most this x the PyTorch student's")
     int8_rmse_ratio: float = Field(1.05, ge=1, description="int8 files: RMSE at most this x the PyTorch student's")
@@ -396,6 +406,7 @@ class Config(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    qat: QATConfig = Field(default_factory=QATConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
@@ -419,9 +430,17 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
     def section_hash(self, *keys: str) -> str:
-        """Hash of the named top-level sections (plus the seed): a stage's slice of the config."""
+        """Hash of the named sections (plus the seed): a stage's slice of the config. A dotted key
+        (``export.int8``) names a subsection."""
         full = self.to_dict()
-        part = {"seed": full["seed"], **{k: full[k] for k in keys}}
+
+        def pick(key: str):
+            node = full
+            for part in key.split("."):
+                node = node[part]
+            return node
+
+        part = {"seed": full["seed"], **{k: pick(k) for k in keys}}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
 
     def hash(self) -> str:

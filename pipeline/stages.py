@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 import pipeline
 from models import Regressor, TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
 from models.deploy import mobile_friendly
-from pipeline import distributed
+from pipeline import distributed, qat
 from pipeline.config import Config
 from pipeline.data import OUTPUT_MEANING, Splits, input_shape, make_dataset, n_outputs
 from pipeline.errors import ParityError, UserError
@@ -509,10 +509,21 @@ def stage_student(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = Splits.load(ctx.path("data.npz"))
     two_head = load_model(ctx.path("student_mt.pt"), cfg)
-    deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     d_in, d_out = _dims(splits)
     x = splits.x["test"]
     head_index = 0 if cfg.student.keep_head == "label" else 1
+    qat_record = None
+    if qat.applies(cfg):  # fine-tune with fake int8 quantization under the method loss (pipeline/qat.py)
+        before = metrics_of(cfg, splits, predict(two_head, x)[head_index])
+        with np.load(ctx.path("teacher_preds.npz")) as z:
+            yt = {s: z[s] for s in ("train", "val")}
+            significance = z["significance_train"] if "significance_train" in z.files else None
+        qat_record = {**qat.qat_finetune(cfg, splits, yt, two_head, significance), "test_before": before,
+                      "test_after": metrics_of(cfg, splits, predict(two_head, x)[head_index])}
+    elif cfg.qat.enabled:
+        log.info("qat: skipped, %s %s students are not covered (ReLU mlp / cnn only); post-training int8 as before",
+                 cfg.student.activation, cfg.student.backbone)
+    deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     require_finite(predict(deployed, x), "student: deployed student's outputs on the test split", DIVERGED)
     diff = max_abs_diff(predict(deployed, x), predict(two_head, x)[head_index])
     save_model(ctx.path("student.pt"), deployed, "deployed", d_in, deployed.head.out_features)
@@ -526,6 +537,7 @@ def stage_student(ctx: Context) -> list[str]:
             "abstain_output": deployed_abstains(cfg),
             "head_drop_max_abs_diff": diff,
             "test": metrics_of(cfg, splits, predict(deployed, x)),
+            "qat": qat_record,  # None: no quantization-aware fine-tuning (qat.enabled false or not a ReLU student)
         },
     )
     return ["student.pt", "student.json"]
@@ -579,6 +591,9 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
 
     splits = Splits.load(run_dir / "data.npz")
     shape, _ = _dims(splits)
+    export_cfg = cfg.export
+    if qat.applies(cfg) and export_cfg.int8.prepare:  # re-rounding a QAT'd student would undo its learned grid
+        export_cfg = export_cfg.model_copy(update={"int8": export_cfg.int8.model_copy(update={"prepare": False})})
 
     rewrites = {}
 
@@ -601,7 +616,7 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         return ExportJob(model=deployable(model_file), out_dir=directory, input_shape=shape,
                          x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
                          y_calib=splits.y["train"],
-                         cfg=cfg.export, stem=stem, metadata={**flat, "model": stem}, batch=batch,
+                         cfg=export_cfg, stem=stem, metadata={**flat, "model": stem}, batch=batch,
                          task=splits.task, abstain=stem == "student" and deployed_abstains(cfg),
                          angles=splits.angles, output_names=splits.output_names)
 
@@ -819,9 +834,10 @@ STAGES = [
           distributed=True, help="train the large teacher (or load the one you give)"),
     Stage("distill", stage_distill, reads=("data.npz", "teacher_preds.npz"), config=("student", "distill", "teacher"),
           distributed=True, help="train the two-head student (and the baselines)"),
-    Stage("student", stage_student, reads=("student_mt.pt", "data.npz"), config=("student", "distill"),
-          help="drop the teacher head: a single-output student"),
-    Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student"),
+    Stage("student", stage_student, reads=("student_mt.pt", "data.npz", "teacher_preds.npz"),
+          config=("student", "distill", "qat", "export.int8"),
+          help="quantization-aware fine-tuning (qat), then drop the teacher head: a single-output student"),
+    Stage("export", stage_export, reads=("student.pt", "teacher.json", "data.npz"), config=("export", "student", "qat"),
           environment=export_environment,
           version="3",  # 3: int8 ORT rows judged on exact int8 arithmetic; seeded calibration sample
           help="ONNX, int8 ONNX, TFLite; every file checked against PyTorch"),
