@@ -39,13 +39,10 @@ OUT = Path(__file__).parent / "results" / "qat.json"
 
 
 def exact_qdq(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    """The QDQ file's exact int8 arithmetic (unfused, as ARM computes it): ``export.int8_arith``."""
+    from export.int8_arith import exact_outputs
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    return exact_outputs(path, x)
 
 
 def overrides(use_qat: bool, extra: list[str]) -> list[str]:
