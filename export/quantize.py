@@ -75,30 +75,24 @@ def quantize_int8_static(
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         best = quantize(pre, Path(tmp) / "int8.onnx")
         if prepare and _chain(__import__("onnx").load(str(pre))) is not None:
+            from export.int8_arith import exact_outputs  # candidates judged as ARM / VNNI compute them
+
             # Candidates: no preparation, and each equalisation strength. The simulated int8 error that
             # prepare_for_int8 minimises is close to, not equal to, ORT's: the winner is the candidate
             # whose ORT int8 output (exact int8 arithmetic, as on ARM: see int8_arith) is closest to
             # the fp32 output on the calibration inputs.
-            ref = _run(pre, input_name, calib_x, batch)
-            err = float(np.mean((_run(best, input_name, calib_x, batch) - ref) ** 2))
+            ref = exact_outputs(pre, calib_x, batch)
+            err = float(np.mean((exact_outputs(best, calib_x, batch) - ref) ** 2))
             for i, alpha in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
                 prepared = Path(tmp) / f"prepared{i}.onnx"
                 prepare_for_int8(pre, prepared, calib_x, quantize_input=not float_first_layer, alpha=alpha,
                                  quantized_layers=None if not float_first_layer else _all_but_first(pre))
                 cand = quantize(prepared, Path(tmp) / f"int8_{i}.onnx")
-                e = float(np.mean((_run(cand, input_name, calib_x, batch) - ref) ** 2))
+                e = float(np.mean((exact_outputs(cand, calib_x, batch) - ref) ** 2))
                 log.debug("int8 preparation alpha=%g: calibration MSE %.3g (best so far %.3g)", alpha, e, err)
                 if e < err:
                     best, err = cand, e
         return atomic_copy(best, dst)
-
-
-def _run(model: Path, input_name: str, x: np.ndarray, batch: int) -> np.ndarray:
-    """Outputs on ``x`` with the file's exact int8 arithmetic (``int8_arith``): the choice between
-    candidates must not depend on whether this host's int8 kernels saturate."""
-    from export.int8_arith import exact_outputs
-
-    return exact_outputs(model, x, batch)
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, calib_x: np.ndarray | None = None,

@@ -652,7 +652,6 @@ def _file_checks(groups: list[tuple[Path, list[dict]]]) -> None:
     everywhere: a strict file that fails, or any file with NaN/inf outputs, stops the export."""
     from export.checks import add_file_checks, non_finite_rows
 
-    from pipeline.errors import ParityError
 
     add_file_checks(groups)
     rows = [r for _, rs in groups for r in rs]
@@ -706,8 +705,6 @@ def stage_bench(ctx: Context) -> list[str]:
     """Every exported file on every target: latency statistics, and accuracy from the target's own
     outputs; fp32 outputs on other targets must match the host's within ``bench.parity_atol``."""
     from device_bench.targets import parse_target
-
-
 
     cfg = ctx.cfg
     b = cfg.bench
