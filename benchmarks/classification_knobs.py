@@ -1,5 +1,5 @@
 """Knob sweep for the classification methods: settings compared on the NOISY validation split
-(what a user has), test accuracy shown beside it. The defaults in pipeline/config.py were chosen by
+(what a user has), test accuracy shown beside it. The defaults in pipeline/config/ were chosen by
 the validation column (distill.lr.eta = 0.5; distill.ka.payoff automatic = (1 + m) / 2).
 
     python benchmarks/classification_knobs.py 0.4 '{"kd": ["kd", []], "lr_ds eta 0.5": ["lr_ds", ["distill.lr.eta=0.5"]]}'

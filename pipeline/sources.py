@@ -33,7 +33,7 @@ class DataError(UserError):
     """A data file that cannot be used as given; the message says where and what is allowed."""
 
 
-# Defined here rather than imported from pipeline.config, which imports this module.
+# Defined here (the data source owns its options); pipeline/config/data.py imports it.
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 

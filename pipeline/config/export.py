@@ -1,0 +1,73 @@
+"""Config sections ``qat`` and ``export``: quantization-aware fine-tuning, formats, int8 and limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.options import Strict
+
+
+class Int8Config(Strict):
+    calibration_samples: int = Field(2048, ge=1, description="training inputs fed to the int8 calibration (at most)")
+    calibration_seed: int = Field(
+        0, description="seed of the calibration sample: a random sample of the training split, stratified over the "
+        "label range for regression (never the first rows in file order)")
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="ONNX Runtime calibration method"
+    )
+    per_channel: bool = Field(True, description="per-channel weight scales")
+    float_first_layer: bool = Field(
+        True, description="ONNX static int8: keep the first layer in float so the raw input is not quantized"
+    )
+    prepare: bool = Field(
+        True, description="MLP students: equalise hidden channels and round weights GPTQ-style onto the int8 grid "
+        "before ONNX static / dynamic int8 and TFLite int8 conversion (fp32 function unchanged)"
+    )
+
+
+class QATConfig(Strict):
+    enabled: bool = Field(
+        True, description="after distillation, fine-tune the student with fake int8 quantization (ORT QDQ / LiteRT "
+        "int8 scheme) under the method's loss, weights snapped to the int8 grid; the export then skips "
+        "export.int8.prepare (docs/QAT.md). ReLU students only"
+    )
+    epochs: int = Field(10, ge=1, description="QAT fine-tuning epochs (the best fake-quantized validation loss is kept)")
+    lr: float = Field(3e-5, gt=0, description="Adam learning rate of the QAT fine-tuning")
+
+
+class LimitsConfig(Strict):
+    fp16_rmse_ratio: float = Field(1.01, ge=1, description="fp16 files: RMSE at most this x the PyTorch student's")
+    int8_rmse_ratio: float = Field(1.05, ge=1, description="int8 files: RMSE at most this x the PyTorch student's")
+    fp16_accuracy_drop: float = Field(0.005, ge=0, le=1, description="classification, fp16 files: accuracy at most this below PyTorch's")
+    int8_accuracy_drop: float = Field(0.01, ge=0, le=1, description="classification, int8 files: accuracy at most this below PyTorch's")
+
+
+ALL_FORMATS = ["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
+               "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
+FormatName = Literal["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
+                     "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
+
+
+class AndroidConfig(Strict):
+    enabled: bool = Field(True, description="write the Android bundle (android/) with fixed-shape files")
+    batch: int = Field(1, ge=1, description="fixed batch size of the bundle's files (NNAPI needs fixed shapes)")
+    formats: list[FormatName] = Field(
+        ["onnx_fp32", "onnx_int8", "ort_fp32", "ort_int8", "tflite_fp32", "tflite_fp16", "tflite_int8",
+         "tflite_int8_io"],
+        description="formats copied into the bundle, at the fixed batch size",
+    )
+
+
+class ExportConfig(Strict):
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
+    simplify: bool = Field(True, description="run onnxsim on the exported graph")
+    parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch")
+    formats: list[FormatName] = Field(
+        ALL_FORMATS, min_length=1, description="formats written with a dynamic batch axis (server use) and benchmarked"
+    )
+    check_mobile: bool = Field(True, description="run ORT's mobile usability checker on every ONNX file")
+    int8: Int8Config = Field(default_factory=Int8Config)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    android: AndroidConfig = Field(default_factory=AndroidConfig)
