@@ -20,7 +20,8 @@ from common import ROOT
 from pipeline.config import load_config
 from pipeline.data import make_dataset
 from pipeline.metrics import classification_metrics
-from pipeline.stages import train_student, train_teacher
+from pipeline.stages.distill import train_student
+from pipeline.stages.teacher import train_teacher
 from pipeline.train import predict
 
 

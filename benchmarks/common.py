@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import Splits, make_dataset  # noqa: E402
 from pipeline.metrics import rmse  # noqa: E402
-from pipeline.stages import train_student, train_teacher  # noqa: E402
+from pipeline.stages.distill import train_student  # noqa: E402
+from pipeline.stages.teacher import train_teacher  # noqa: E402
 from pipeline.train import predict  # noqa: E402
 
 BENCH_MD = ROOT / "docs" / "BENCHMARKS.md"

@@ -43,7 +43,7 @@ def input_quantization_floor(x_calib: np.ndarray, x_test: np.ndarray, f, y_clean
 
 def export_rows(run: Path, out: Path, prepare: bool) -> list[dict]:
     from pipeline.config import load_config
-    from pipeline.stages import export_student
+    from pipeline.stages.export import export_student
 
     cfg = load_config(run / "config.yaml", [f"export.int8.prepare={str(prepare).lower()}"])
     return export_student(cfg, run, out, ["onnx_fp32"] + INT8, android=False)["formats"]

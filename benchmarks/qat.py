@@ -62,12 +62,12 @@ def deploy(run: Path, work: Path, use_qat: bool, extra: list[str]) -> tuple[dict
     from pipeline import qat
     from pipeline.config import load_config
     from pipeline.data import Splits
-    from pipeline.stages import load_model, save_model
+    from pipeline.checkpoints import load_checkpoint, save_model
 
     torch.set_num_threads(1)
     cfg = load_config(run / "config.yaml", overrides(use_qat, extra))
     splits = Splits.load(run / "data.npz")
-    two_head = load_model(run / "student_mt.pt", cfg)
+    two_head = load_checkpoint(run / "student_mt.pt", cfg)
     record, t0 = None, time.perf_counter()
     if use_qat:
         with np.load(run / "teacher_preds.npz") as z:
@@ -84,7 +84,7 @@ def evaluate(run: Path, use_qat: bool, qemu: bool, extra: list[str]) -> dict:
     from pipeline.config import load_config
     from pipeline.data import Splits
     from pipeline.metrics import rmse
-    from pipeline.stages import export_student
+    from pipeline.stages.export import export_student
 
     cfg = load_config(run / "config.yaml", overrides(use_qat, extra))
     splits = Splits.load(run / "data.npz")

@@ -23,7 +23,7 @@ from common import ROOT, machine, mean_std, save_json, teacher_and_targets, writ
 from pipeline.config import load_config
 from pipeline.data import make_dataset
 from pipeline.metrics import task_metrics
-from pipeline.stages import train_student
+from pipeline.stages.distill import train_student
 from pipeline.train import predict
 
 METHODS = ["scratch", "kd", "tor_mt", "lr", "ds", "lr_ds", "gaussian"]

@@ -8,8 +8,8 @@ from torch import nn
 
 from models.backbones import ARCHITECTURES, ImageBackbone, image_backbone_factory
 from models.cnn import CNN
-from models.mlp import MLP, Regressor, count_parameters
-from models.student import SingleHead, TwoHeadStudent, drop_teacher_head
+from models.mlp import MLP, count_parameters
+from models.heads import SingleHeadNet, TwoHeadStudent, drop_teacher_head
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -38,8 +38,7 @@ __all__ = [
     "ImageBackbone",
     "CNN",
     "MLP",
-    "Regressor",
-    "SingleHead",
+    "SingleHeadNet",
     "TwoHeadStudent",
     "build_backbone",
     "count_parameters",

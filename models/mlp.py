@@ -33,17 +33,5 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class Regressor(nn.Module):
-    """A backbone with one linear output layer: the teacher, and what a student becomes when deployed."""
-
-    def __init__(self, backbone: nn.Module, out_features: int = 1):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.out_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

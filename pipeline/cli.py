@@ -80,48 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from pipeline import distributed
-    from pipeline.config import load_config
-    from pipeline.procs import sweep_stale_temp_dirs
-    from pipeline.report import short_table
-    from pipeline.rundir import RunLock, check_out_dir
-    from pipeline.stages import check_model_sizes, default_runner, resolve_targets
+    from pipeline.api import run
 
     if args.start and args.only:
         raise UserError(f"--from {args.start} and --only {' '.join(args.only)} conflict: --from re-runs that stage "
                         "and every later one, --only runs just the named stages; give one of them")
-    distributed.init_from_env()  # under torchrun: join the other ranks; only rank 0 logs at INFO
-    cfg = load_config(args.config, args.overrides)  # validated before anything is written
-    cfg, notes = resolve_targets(cfg)
-    runner = default_runner()
-    runner.select(args.start, args.only)  # unknown stage names fail before anything is written
-    sizes = check_model_sizes(cfg)  # also loads a given teacher file
-    run_dir = check_out_dir(args.out, force=args.force)
-
-    def check_and_lock():  # rank 0 alone (torchrun): the others get its result or its error
-        runner.verify_inputs(run_dir, args.start, args.only)  # --only: inputs match manifest.json
-        return RunLock(run_dir).acquire()  # creates the directory, its marker and the lock: validation passed
-
-    lock = distributed.on_main(check_and_lock)
-    try:
-        for prefix in ("pocketkd-onnx2tf", "pocketkd-bench"):
-            sweep_stale_temp_dirs(prefix)  # what a SIGKILLed run could not remove
-        for note in notes:
-            log.warning("%s", note)
-        log.info("run directory %s · teacher %d params · student %d params (deployed %d)", run_dir,
-                 sizes["teacher_params"], sizes["student_params"], sizes["deployed_params"])
-        results, _ = runner.run(run_dir, cfg, force=args.force, start=args.start, only=args.only)
-    finally:
-        if lock is not None and distributed.is_main():
-            lock.release()
+    rep = run(args.config, args.out, args.overrides, force=args.force, start=args.start, only=args.only)
     if not distributed.is_main():  # under torchrun: rank 0 prints the results
         return 0
     print()
     print("stages: " + ", ".join(f"{r.name} ({r.status}{f' {r.seconds:.1f}s' if r.status == 'ran' else ''})"
-                                 for r in results))
-    if (run_dir / "report.json").exists():
-        print(short_table(run_dir))
-        print(f"\nreport: {run_dir / 'report.md'}  (also report.html, report.json, plots/)")
-        return strict_exit(run_dir) if args.strict else 0
+                                 for r in rep.stages))
+    if rep.data:
+        print(rep.short_table())
+        print(f"\nreport: {rep.run_dir / 'report.md'}  (also report.html, report.json, plots/)")
+        return strict_exit(rep.run_dir) if args.strict else 0
     return 0
 
 
@@ -129,7 +102,7 @@ def strict_exit(run_dir: Path) -> int:
     """--strict: EXIT_STRICT when a verdict of the report is over_limit, failed or export_failed."""
     import json
 
-    from pipeline.verdicts import count
+    from pipeline.report.verdicts import count
 
     bad = sum(count(json.loads((run_dir / "report.json").read_text()).get("verdicts", [])).values())
     if bad:
@@ -174,8 +147,9 @@ def cmd_export(args) -> int:
     from export import FORMATS
     from pipeline.config import load_config
     from pipeline.io import atomic_write_json, sha256_file
-    from pipeline.stages import export_student
-
+    from pipeline.config.slice import ConfigSlice
+    from pipeline.stages import STAGES
+    from pipeline.stages.export import export_student
     from pipeline.rundir import RunLock, check_out_dir, make_dir, nearest_existing
     from pipeline.runner import Runner
 
@@ -193,7 +167,8 @@ def cmd_export(args) -> int:
             raise UserError(f"{run_dir / name} differs from what stage '{manifest[name]['stage']}' wrote (sha256 "
                             f"does not match manifest.json); re-run it: python -m pipeline run --out {run_dir} "
                             f"--from {manifest[name]['stage']}")
-    cfg = load_config(run_dir / "config.yaml")
+    export_stage = next(s for s in STAGES if s.name == "export")
+    cfg = ConfigSlice(load_config(run_dir / "config.yaml"), export_stage.config)  # as the stage sees it
     same = not args.out or _same_dir(Path(args.out), run_dir)
     out_dir = run_dir if same else check_out_dir(args.out, force=True)
     new_out = not out_dir.exists()

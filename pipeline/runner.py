@@ -29,11 +29,12 @@ from typing import Callable, Iterable
 
 import yaml
 
-import pipeline
 from pipeline import distributed
 from pipeline.config import Config
+from pipeline.config.slice import ConfigSlice
 from pipeline.errors import UserError
 from pipeline.io import atomic_write_json, atomic_write_text, sha256_file
+from pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,14 @@ CONFIG_FILE = "config.yaml"
 @dataclass
 class Context:
     run_dir: Path
-    cfg: Config
+    cfg: Config | ConfigSlice  # a stage sees only its declared slice (see ``Context.for_stage``)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
+
+    def for_stage(self, stage: Stage) -> Context:
+        whole = self.cfg if isinstance(self.cfg, Config) else self.cfg.whole()
+        return Context(self.run_dir, ConfigSlice(whole, stage.config))
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Stage:
     name: str
     fn: Callable[[Context], list[str]]
     reads: tuple[str, ...]
-    config: tuple[str, ...]
+    config: tuple[str, ...]  # the config slice: section names, dotted subsections, or ALL_CONFIG
     version: str = "1"
     help: str = ""
     # what else decides the stage's results (e.g. the bench targets' runtimes): part of its cache key
@@ -93,7 +98,7 @@ class Runner:
             return {"stages": {}, "files": {}}
 
     def _save_manifest(self, run_dir: Path, manifest: dict, cfg: Config) -> None:
-        manifest["pocketkd_version"] = pipeline.__version__
+        manifest["pocketkd_version"] = __version__
         manifest["config_hash"] = cfg.hash()
         files = {}
         for name in self.names:
@@ -126,10 +131,10 @@ class Runner:
 
     def stage_key(self, stage: Stage, run_dir: Path, cfg: Config, hashes: dict[str, str] | None = None) -> str:
         h = hashlib.sha256()
-        h.update(f"{stage.name}:{stage.version}:{pipeline.__version__}".encode())
+        h.update(f"{stage.name}:{stage.version}:{__version__}".encode())
         h.update(cfg.section_hash(*stage.config).encode())
         if stage.environment is not None:
-            h.update(stage.environment(cfg).encode())
+            h.update(stage.environment(ConfigSlice(cfg, stage.config)).encode())
         for rel, sha in (self.input_hashes(stage, run_dir) if hashes is None else hashes).items():
             h.update(f"{rel}:{sha}".encode())
         return h.hexdigest()
@@ -204,7 +209,7 @@ class Runner:
         log.info("stage %-8s running", stage.name)
         t0 = time.perf_counter()
         try:
-            outputs = stage.fn(ctx)
+            outputs = stage.fn(ctx.for_stage(stage))
         except BaseException:
             self._restore(stage, manifest)
             raise
@@ -273,7 +278,7 @@ class Runner:
         log.info("stage %-8s running on %d processes", stage.name, distributed.world_size())
         t0 = time.perf_counter()
         try:
-            outputs, failure = stage.fn(ctx), None
+            outputs, failure = stage.fn(ctx.for_stage(stage)), None
         except Exception as exc:
             if not distributed.is_main():
                 raise

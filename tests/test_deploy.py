@@ -4,7 +4,7 @@ import torch
 
 from models import build_backbone
 from models.deploy import HardSigmoidReLU6, HardSwishReLU6, mobile_friendly
-from models.student import TwoHeadStudent
+from models.heads import TwoHeadStudent
 
 
 def test_relu6_forms_equal_torch_hard_functions():

@@ -252,13 +252,13 @@ def test_two_process_student_works_and_is_within_10_percent(two_runs):
     from pipeline.config import load_config
     from pipeline.data import Splits
     from pipeline.metrics import task_metrics
-    from pipeline.stages import load_model
+    from pipeline.checkpoints import load_checkpoint
     from pipeline.train import predict
 
     one, two, _ = two_runs
     cfg = load_config(two / "config.yaml")
     splits = Splits.load(two / "data.npz")
-    student = load_model(two / "student.pt", cfg)
+    student = load_checkpoint(two / "student.pt", cfg)
     pred = predict(student, splits.x["test"])
     assert np.isfinite(pred).all() and pred.shape[0] == splits.x["test"].shape[0]
     rmse_two = json.loads((two / "student.json").read_text())["test"]["rmse"]

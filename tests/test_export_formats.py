@@ -174,7 +174,7 @@ def test_a_damaged_bundle_file_is_detected(mlp_case, tmp_path):
 
 
 def test_truncated_model_files_give_clear_errors(mlp_case, tmp_path):
-    from pipeline.stages import load_model, save_model
+    from pipeline.checkpoints import load_checkpoint, save_model
 
     cfg, s, model, shape = mlp_case
     good = tmp_path / "student.pt"
@@ -182,9 +182,9 @@ def test_truncated_model_files_give_clear_errors(mlp_case, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good.read_bytes()[:100])
     with pytest.raises(UserError, match="bad.pt is damaged"):
-        load_model(bad, cfg)
+        load_checkpoint(bad, cfg)
     with pytest.raises(UserError, match="does not exist"):
-        load_model(tmp_path / "none.pt", cfg)
+        load_checkpoint(tmp_path / "none.pt", cfg)
     # a truncated ONNX file is refused by onnxruntime with an error naming the problem
     rows = export_all(_job(mlp_case, tmp_path / "e"), ["onnx_fp32"])
     onnx_file = tmp_path / "e" / rows[0]["file"]

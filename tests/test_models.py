@@ -5,7 +5,8 @@ import torch
 
 from models import TwoHeadStudent, build_backbone, count_parameters, drop_teacher_head
 from pipeline.config import load_config
-from pipeline.stages import build_student, build_teacher, check_model_sizes
+from pipeline.checkpoints import build_student, build_teacher
+from pipeline.preflight import check_model_sizes
 
 
 def test_default_sizes_meet_the_brief():

@@ -180,9 +180,10 @@ def test_the_student_stage_cache_follows_the_qat_config_and_calibration():
 def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(enabled, tmp_path, monkeypatch):
     import json
 
-    import export
+    from pipeline.checkpoints import build_deployed, build_teacher, save_model
     from pipeline.data import make_dataset
-    from pipeline.stages import build_deployed, build_teacher, export_student, save_model
+    from pipeline.stages import export as export_stage
+    from pipeline.stages.export import export_student
 
     cfg = Config.model_validate({"data": {"n_train": 300, "n_val": 50, "n_test": 50},
                                  "export": {"int8": {"calibration_samples": 100}}, "qat": {"enabled": enabled}})
@@ -192,7 +193,7 @@ def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(en
     save_model(tmp_path / "teacher.pt", build_teacher(cfg, (1,), 1), "teacher", (1,), 1)
     (tmp_path / "teacher.json").write_text(json.dumps({"model_file": "teacher.pt"}))
     seen = []
-    monkeypatch.setattr(export, "export_all", lambda job, names: seen.append(job) or [])
+    monkeypatch.setattr(export_stage, "export_all", lambda job, names: seen.append(job) or [])
     export_student(cfg, tmp_path, tmp_path / "out", ["onnx_int8"], android=False)
     student = seen[0]
     assert student.cfg.int8.prepare is (not enabled)  # a QAT'd student is exported as it is

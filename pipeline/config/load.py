@@ -179,6 +179,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         tree = _deep_merge(tree, _resolve_source_paths(_read_yaml(path), path.parent))
         source = str(path)
+    return _validate(tree, overrides, source)
+
+
+def config_from_dict(sections: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Default config, then ``sections`` (a dict shaped like a config file) on top, then overrides.
+    Relative paths are relative to the current directory."""
+    tree = _deep_merge(default_config_dict(), _resolve_source_paths(copy.deepcopy(sections), Path.cwd()))
+    return _validate(tree, overrides, "config dict")
+
+
+def _validate(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Config:
     for assignment in overrides:
         _apply_override(tree, assignment)
     if overrides:

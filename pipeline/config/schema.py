@@ -15,6 +15,8 @@ from pipeline.config.export import ExportConfig, QATConfig
 from pipeline.config.models import StudentConfig, TeacherConfig
 from pipeline.options import Strict
 
+ALL_CONFIG = ("*",)  # a stage slice that is the whole config (see pipeline/config/slice.py)
+
 
 class Config(Strict):
     seed: int = Field(0, ge=0, description="seed of every random draw; the same seed gives the same CPU run")
@@ -56,6 +58,8 @@ class Config(Strict):
                 node = node[part]
             return node
 
+        if ALL_CONFIG[0] in keys:
+            return self.hash()
         part = {"seed": full["seed"], **{k: pick(k) for k in keys}}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
 

@@ -1,4 +1,5 @@
-"""The multi-task student (shared backbone, label head + teacher head) and ``drop_teacher_head``."""
+"""Heads on a backbone: ``SingleHeadNet`` (the teacher, and the deployed student), the multi-task
+``TwoHeadStudent`` (label head + teacher head), and ``drop_teacher_head`` from one to the other."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.mlp import Regressor
-
 HEADS = ("label", "teacher")
+
+
+class SingleHeadNet(nn.Module):
+    """A backbone with one linear output layer, one output tensor: the teacher (regression or
+    classification), and what a student becomes when deployed."""
+
+    def __init__(self, backbone: nn.Module, out_features: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
 
 
 class TwoHeadStudent(nn.Module):
@@ -31,15 +43,13 @@ class TwoHeadStudent(nn.Module):
         return self.label_head(z), self.teacher_head(z)
 
 
-class SingleHead(Regressor):
-    """What is deployed: the student's backbone and one head, one output tensor."""
 
 
-def drop_teacher_head(student: TwoHeadStudent, keep: Literal["label", "teacher"] = "label") -> SingleHead:
+def drop_teacher_head(student: TwoHeadStudent, keep: Literal["label", "teacher"] = "label") -> SingleHeadNet:
     """A plain single-output module with a copy of the backbone and the kept head's weights."""
     if keep not in HEADS:
         raise ValueError(f"keep must be one of {HEADS}, got {keep!r}")
     head = student.label_head if keep == "label" else student.teacher_head
-    out = SingleHead(copy.deepcopy(student.backbone), head.out_features)
+    out = SingleHeadNet(copy.deepcopy(student.backbone), head.out_features)
     out.head.load_state_dict(head.state_dict())
     return out.eval()

@@ -1,0 +1,78 @@
+"""Everything the run wrote, gathered into one dict: ``report.json``."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import platform
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.report.verdicts import file_verdicts
+from pipeline.toolchain import constraints_info
+from pipeline.version import __version__
+
+PACKAGES = ["numpy", "torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow-cpu", "ai-edge-litert"]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "pocketkd": __version__}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def read_json(run_dir: Path, name: str) -> dict:
+    p = run_dir / name
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def collect(run_dir: Path, cfg: Config) -> dict:
+    data = read_json(run_dir, "data.json")
+    teacher = read_json(run_dir, "teacher.json")
+    distill = read_json(run_dir, "distill.json")
+    student = read_json(run_dir, "student.json")
+    export = read_json(run_dir, "export.json")
+    bench = {}
+    for p in sorted((run_dir / "bench").glob("*.json")):
+        b = json.loads(p.read_text())
+        for r in b["results"]:
+            r.pop("latencies_ms", None)
+        bench[b["target"]] = b
+    summary = {}
+    for target, b in bench.items():
+        by = {(r["model"], r["format"]): r for r in b["results"]}
+        t = by.get(("teacher", "onnx_fp32"))
+        s = by.get(("student", "onnx_fp32"))
+        q = by.get(("student", "onnx_int8"))
+        if t and s:
+            summary[target] = {"student_over_teacher_p50": s["latency_ms"]["p50"] / t["latency_ms"]["p50"]}
+            if "rmse" in s:
+                summary[target]["int8_rmse_over_fp32_rmse"] = (q["rmse"] / s["rmse"]) if q and "rmse" in q else None
+            elif "accuracy" in s:
+                summary[target]["int8_accuracy_minus_fp32"] = (q["accuracy"] - s["accuracy"]) if q else None
+    return {
+        "pocketkd_version": __version__,
+        "versions": versions(),
+        "constraints": constraints_info(),
+        "host_int8": export.get("host_int8"),
+        "calibration": export.get("calibration"),
+        "verdicts": file_verdicts(export, bench, student.get("test") or {}),
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "data": data,
+        "teacher": {k: teacher.get(k) for k in ("params", "hidden", "loss", "test", "origin", "srl")}
+        | {"best_epoch": (teacher.get("history") or {}).get("best_epoch")},
+        "students": {
+            name: {k: v for k, v in m.items() if k != "history"} | {"best_epoch": m["history"]["best_epoch"]}
+            for name, m in distill.get("methods", {}).items()
+        },
+        "sizes": {k: distill.get(k) for k in ("teacher_params", "student_params", "deployed_params")},
+        "deployed": student,
+        "export": export,
+        "bench": bench,
+        "summary": summary,
+    }

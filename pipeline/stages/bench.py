@@ -1,0 +1,112 @@
+"""Stage ``bench``: every exported file on every target: latency statistics, and accuracy from each
+target's own outputs; fp32 outputs on other targets must match the host's."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from tqdm.auto import tqdm
+
+from device_bench.targets import parse_target
+from export.onnx_export import save_proto
+from export.tflite import onnx_to_tflite
+from pipeline.config import Config
+from pipeline.data import Splits
+from pipeline.errors import ParityError
+from pipeline.io import atomic_write_json
+from pipeline.metrics import max_abs_diff, require_finite
+from pipeline.runner import Context
+from pipeline.stages.common import deployed_abstains, metrics_of
+from pipeline.stages.export import export_environment
+
+log = logging.getLogger(__name__)
+
+
+def runtime_floor_models(bench_dir: Path) -> list[dict]:
+    """Trivial one-op models (ReLU of a 1x1 input) per runtime: their p50 is the runtime's overhead."""
+
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "floor",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    onnx.checker.check_model(proto)
+    floor = save_proto(proto, bench_dir / "floor.onnx")
+    made = [{"model": "floor", "format": "onnx_fp32", "precision": "fp32", "file": "bench/floor.onnx"}]
+    try:
+        onnx_to_tflite(floor, bench_dir, "floor", ("fp32",))
+        made.append({"model": "floor", "format": "tflite_fp32", "precision": "fp32", "file": "bench/floor_fp32.tflite"})
+    except Exception as exc:  # the floor is context, not a result: say so and go on
+        log.warning("no LiteRT floor model: %s", str(exc).splitlines()[-1])
+    return made
+
+
+def stage_bench(ctx: Context) -> list[str]:
+    """Every exported file on every target: latency statistics, and accuracy from the target's own
+    outputs; fp32 outputs on other targets must match the host's within ``bench.parity_atol``."""
+
+    cfg = ctx.cfg
+    b = cfg.bench
+    splits = Splits.load(ctx.path("data.npz"))
+    rows = json.loads(ctx.path("export.json").read_text())["formats"]
+    files = [r for r in rows if r.get("status") in ("ok", "over_limit")  # every file that runs
+             and (not b.formats or r["format"] in b.formats or r["model"] == "teacher")]
+    floors = runtime_floor_models(ctx.path("bench"))
+    written = [f["file"] for f in floors]
+    targets = sorted(b.targets, key=lambda t: t != "host")  # host first: the others are compared with it
+    host_out: dict[str, np.ndarray] = {}
+    mismatches = []
+    for spec in targets:
+        target = parse_target(spec)
+        results = []
+        for r in tqdm(files + floors, desc=f"bench[{spec}]", unit="model", leave=False, disable=None):
+            x = splits.x["test"] if r["model"] != "floor" else np.zeros((8, 1), np.float32)
+            if r.get("input") == "raw":  # a given teacher that takes the data's own units
+                x = splits.x_raw["test"]
+            partial = target.emulated and r["model"] == "teacher"  # accuracy of the teacher is not the claim
+            if partial:
+                x = x[: b.emulated_teacher_rows]
+            res = target.run(ctx.path(r["file"]), x, threads=b.threads, warmup=b.warmup, runs=b.runs,
+                             batch=b.batch, max_seconds=b.max_seconds, timeout=max(600.0, 10 * b.max_seconds))
+            out = np.asarray(res.pop("outputs"), dtype=np.float32)
+            require_finite(out, f"bench: outputs of {r['file']} on target {spec}")
+            res.update(model=r["model"], format=r["format"], precision=r["precision"], file=r["file"])
+            if r["model"] != "floor":
+                if not partial:
+                    res.update(metrics_of(cfg, splits, out, abstain=deployed_abstains(cfg) and r["model"] == "student"))
+                else:
+                    res["eval_rows"] = len(x)
+                if spec == "host":
+                    host_out[r["file"]] = out
+                elif r["file"] in host_out:
+                    ref = host_out[r["file"]][: len(out)]
+                    res["max_abs_diff_vs_host"] = max_abs_diff(out, ref)
+                    # float32 carries ~7 digits: for outputs far from 1 (e.g. degrees) the bound scales
+                    res["parity_bound"] = b.parity_atol * max(1.0, float(np.abs(ref).max()))
+                    if r["precision"] == "fp32" and not res["max_abs_diff_vs_host"] <= res["parity_bound"]:
+                        mismatches.append(f"{spec} {r['file']}: {res['max_abs_diff_vs_host']:.3g} "
+                                          f"> {res['parity_bound']:.3g}")
+            results.append(res)
+            lat = res["latency_ms"]
+            log.info("bench %-12s %-30s p50 %8.4f ms  p99 %8.4f ms%s", target.label, r["file"], lat["p50"],
+                     lat["p99"], f"  rmse {res['rmse']:.4g}" if "rmse" in res else "")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label.replace("://", "_"))
+        rel = f"bench/{safe}.json"
+        atomic_write_json(ctx.path(rel), {"target": target.label, "emulated": target.emulated, "results": results})
+        written.append(rel)
+    if mismatches:
+        raise ParityError(f"fp32 outputs differ from the host's by more than bench.parity_atol={b.parity_atol:g} "
+                          "x max(1, |output|): "
+                          + "; ".join(mismatches))
+    return written
+
+
+def bench_environment(cfg: Config) -> str:
+
+    return "|".join(parse_target(spec).fingerprint() for spec in cfg.bench.targets) + "|" + export_environment(cfg)

@@ -1,0 +1,86 @@
+"""Stage ``distill``: train the two-head student with the deployed method, and each baseline, from the
+same initial weights on the same batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.checkpoints import build_student, save_model
+from pipeline.config import Config
+from pipeline.data import Splits
+from pipeline.io import atomic_write_json
+from pipeline.methods import TrainingSet, build_method
+from pipeline.metrics import require_finite
+from pipeline.preflight import check_model_sizes
+from pipeline.runner import Context
+from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
+from pipeline.train import fit, predict, seed_everything
+
+
+def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str,
+                  significance: np.ndarray | None = None):
+    """Train one two-head student with method ``name``; returns (model, history, method).
+
+    Every method starts from the same initial weights and sees the same batches."""
+    d_in, d_out = dims(splits)
+    scale = label_scale(splits)
+    y = {s: scaled(splits.y[s], scale) for s in ("train", "val")}
+    yt = {s: scaled(yt[s], scale) for s in ("train", "val")}
+    residuals = y["train"] - yt["train"] if splits.task == "regression" else None
+    train_set = TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance)
+    method = build_method(name, cfg.distill, residuals, train_set)
+    seed_everything(cfg.seed + 100)
+    student = build_student(cfg, d_in, d_out, d_out + method.n_extra(d_out))
+
+    def loss_fn(m, b):
+        label_out, teacher_out = m(b[0])
+        idx = b[3] if b[3][0] >= 0 else None  # validation rows carry -1: not training samples
+        return method.loss(label_out, teacher_out, b[1], b[2], idx)
+
+    n, n_val = len(splits.y["train"]), len(splits.y["val"])
+    hist = fit(
+        student,
+        loss_fn,
+        (splits.x["train"], y["train"], yt["train"], np.arange(n)),
+        (splits.x["val"], y["val"], yt["val"], np.full(n_val, -1)),
+        cfg.distill.train,
+        seed=cfg.seed + 2,
+        desc=f"student[{name}]",
+        on_epoch_end=lambda epoch: method.epoch_end(),
+    )
+    fold_scale(student.label_head, scale)
+    fold_scale(student.teacher_head, scale)
+    return student, hist, method
+
+
+def stage_distill(ctx: Context) -> list[str]:
+    cfg = ctx.cfg
+    splits = Splits.load(ctx.path("data.npz"))
+    with np.load(ctx.path("teacher_preds.npz")) as z:
+        yt = {s: z[s] for s in ("train", "val", "test")}
+        significance = z["significance_train"] if "significance_train" in z.files else None
+    d_in, d_out = dims(splits)
+    methods = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
+    results, written = {}, []
+    for name in methods:
+        student, hist, method = train_student(cfg, splits, yt, name, significance)
+        label_pred, teacher_pred = predict(student, splits.x["test"])
+        for head, v in (("label", label_pred), ("teacher", teacher_pred)):
+            require_finite(v, f"distill: student[{name}] {head}-head outputs on the test split",
+                           DIVERGED + " (distill.train.lr)")
+        rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
+        save_model(ctx.path(rel), student, "student", d_in, d_out, d_out + method.n_extra(d_out))
+        written.append(rel)
+        results[name] = {
+            **method.describe(),
+            "deployed": name == cfg.distill.method,
+            "history": hist.to_dict(),
+            "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
+            # the teacher head is trained by the multi-task methods only (regression)
+            "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
+            if splits.task == "regression" else None,
+            "file": rel,
+        }
+    sizes = check_model_sizes(cfg, d_out, d_in)
+    atomic_write_json(ctx.path("distill.json"), {"methods": results, **sizes})
+    return [*written, "distill.json"]

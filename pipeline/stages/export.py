@@ -1,0 +1,157 @@
+"""Stage ``export``: every format of the deployed student (dynamic batch), the teacher's ONNX for the
+bench, and the fixed-shape Android bundle; every file run and checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export import ExportJob, export_all
+from export.android import write_bundle
+from export.checks import add_file_checks, non_finite_rows
+from export.int8_arith import host_int8_profile, profile_fingerprint
+from models.deploy import mobile_friendly
+from pipeline import qat
+from pipeline.checkpoints import load_checkpoint
+from pipeline.config import Config
+from pipeline.data import OUTPUT_MEANING, Splits
+from pipeline.errors import ParityError
+from pipeline.io import atomic_copy, atomic_write_json, sha256_file
+from pipeline.methods import METHODS
+from pipeline.metrics import max_abs_diff
+from pipeline.runner import Context
+from pipeline.stages.common import deployed_abstains, dims
+from pipeline.train import predict
+from pipeline.version import __version__
+
+
+def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
+    """The one metadata dict of an exported student (Ultralytics-style): embedded in every file."""
+    return {
+        "producer": "pocketkd",
+        "pocketkd_version": __version__,
+        "config_hash": cfg.hash(),
+        "task": f"{splits.task} on {cfg.data.name}",
+        "distill_method": cfg.distill.method,
+        "kept_head": cfg.student.keep_head,
+        "input_shape": [batch or -1, *splits.x["train"].shape[1:]],
+        "input_layout": "NCHW" if splits.x["train"].ndim == 4 else "NC",
+        "input_normalization": {"mean": splits.x_mean.tolist(), "std": splits.x_std.tolist(),
+                                "formula": "(x - mean) / std, per channel (images) or feature (vectors)"},
+        "output_meaning": OUTPUT_MEANING[cfg.data.name] + (
+            ("; the LAST output is 'abstain': predict argmax of the others, abstain when softmax(all)[-1] is high"
+             if splits.task == "classification" else
+             f"; outputs 0..{splits.out_features - 1} are the means, the next {splits.out_features} their "
+             "log-variances: abstain when the variance is high") if deployed_abstains(cfg) else ""),
+        "outputs": splits.out_features + (METHODS[cfg.distill.method].n_extra(splits.out_features)
+                                          if deployed_abstains(cfg) else 0),
+        **({"output_names": splits.output_names} if splits.output_names else {}),
+        **({"output_units": "radians (pitch, yaw)"} if splits.angles else {}),
+        **({"classes": list(range(splits.n_classes)), "abstain_output": deployed_abstains(cfg)}
+           if splits.task == "classification" else {}),
+        "batch": batch or "dynamic",
+    }
+
+
+def given_teacher_row(cfg: Config, teacher_info: dict, src: Path, out_dir: Path) -> dict:
+    """The teacher you gave as ONNX, copied as teacher.onnx for the bench, with the test metrics the
+    teacher stage measured on this very file."""
+
+    path = atomic_copy(src, out_dir / "teacher.onnx")
+    return {"format": "onnx_fp32", "model": "teacher", "runtime": "onnxruntime", "precision": "fp32",
+            "strict": False, "batch": "as given", "file": path.name, "size_bytes": path.stat().st_size,
+            "sha256": sha256_file(path), "status": "ok", "input": cfg.teacher.onnx_input, "origin": "given",
+            **teacher_info["test"]}
+
+
+def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str], android: bool) -> dict:
+    """Export the deployed student (and the teacher, ONNX only, for the bench): server files with a
+    dynamic batch axis into ``out_dir``, the fixed-shape Android bundle into ``out_dir/android``."""
+
+    splits = Splits.load(run_dir / "data.npz")
+    shape, _ = dims(splits)
+    export_cfg = cfg.export
+    if qat.applies(cfg) and export_cfg.int8.prepare:  # re-rounding a QAT'd student would undo its learned grid
+        export_cfg = export_cfg.model_copy(update={"int8": export_cfg.int8.model_copy(update={"prepare": False})})
+
+    rewrites = {}
+
+    def deployable(model_file):
+        """The model as exported: hard-sigmoid / hard-swish as ReLU6 arithmetic (models.deploy), checked
+        against the trained model here so the files' parity with PyTorch still holds for the original."""
+        original = load_checkpoint(run_dir / model_file, cfg)
+        model = mobile_friendly(original)
+        if model is not original:
+            diff = max_abs_diff(predict(model, splits.x["test"]), predict(original, splits.x["test"]))
+            rewrites[model_file] = {"rewrite": "hard-sigmoid/hard-swish as ReLU6", "max_abs_diff": diff}
+            if not diff <= cfg.export.parity_atol:  # NaN fails too
+                raise ParityError(f"{model_file}: the ReLU6 form of hard-sigmoid/hard-swish differs from the trained "
+                                  f"model by {diff:.3g} > export.parity_atol={cfg.export.parity_atol:g}")
+        return model
+
+    def job(model_file, stem, directory, batch):
+        meta = export_metadata(cfg, splits, batch)
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()}
+        return ExportJob(model=deployable(model_file), out_dir=directory, input_shape=shape,
+                         x_eval=splits.x["test"], y_eval=splits.y_clean["test"], x_calib=splits.x["train"],
+                         y_calib=splits.y["train"],
+                         cfg=export_cfg, stem=stem, metadata={**flat, "model": stem}, batch=batch,
+                         task=splits.task, abstain=stem == "student" and deployed_abstains(cfg),
+                         angles=splits.angles, output_names=splits.output_names)
+
+    result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump(),
+              "host_int8": host_int8_profile()}
+    student_job = job("student.pt", "student", out_dir, None)
+    result["calibration"] = student_job.calibration_info()
+    result["formats"] = export_all(student_job, formats)
+    teacher_info = json.loads((run_dir / "teacher.json").read_text())
+    if teacher_info.get("model_file") == "teacher_given.onnx":
+        result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
+    else:
+        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
+    groups = [(out_dir, result["formats"])]
+    if android:
+        a = cfg.export.android
+        bundle_dir = out_dir / "android"
+        rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
+        groups.append((bundle_dir, rows))
+        result["android"] = rows
+    _file_checks(groups)
+    if android:
+        write_bundle(bundle_dir, result["android"], export_metadata(cfg, splits, cfg.export.android.batch))
+    if rewrites:
+        result["deploy_rewrites"] = rewrites
+    return result
+
+
+def _file_checks(groups: list[tuple[Path, list[dict]]]) -> None:
+    """onnx.checker (full_check) on every .onnx, tf.lite.Interpreter on every .tflite, finite outputs
+    everywhere: a strict file that fails, or any file with NaN/inf outputs, stops the export."""
+
+    add_file_checks(groups)
+    rows = [r for _, rs in groups for r in rs]
+    if bad := non_finite_rows(rows):
+        raise ParityError(f"export: NaN or infinite outputs from {', '.join(bad)} on the test inputs")
+    if bad := [r for r in rows if r["strict"] and r["status"] != "ok"]:
+        raise ParityError("export check failed: " + "; ".join(f"{r['model']} {r['format']}: {r.get('error')}"
+                                                               for r in bad))
+
+
+def stage_export(ctx: Context) -> list[str]:
+    cfg = ctx.cfg
+    result = export_student(cfg, ctx.run_dir, ctx.run_dir, list(cfg.export.formats), cfg.export.android.enabled)
+    atomic_write_json(ctx.path("export.json"), result)
+    written = [r["file"] for r in result["formats"] if "file" in r]
+    if "android" in result:
+        bundle = ctx.run_dir / "android"
+        written += [f"android/{r['file']}" for r in result["android"] if "file" in r]
+        written += [f"android/{p.name}" for p in bundle.iterdir() if p.suffix in (".json", ".md", ".config")]
+    if ctx.path("required_operators.config").exists():
+        written.append("required_operators.config")
+    return sorted(set(written)) + ["export.json"]
+
+
+def export_environment(cfg: Config) -> str:
+    """The host's int8 arithmetic (CPU flags, measured saturation): host-kernel columns depend on it."""
+
+    return profile_fingerprint(host_int8_profile())
