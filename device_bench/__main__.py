@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from device_bench.runner import one_line
+from device_bench.qemu import ensure_sysroot
+from device_bench.runner import ModelFileError, check_inputs, one_line, open_model
 from device_bench.targets import allowed_forms, parse_target
 from pipeline.errors import UserError, os_error_text
 from pipeline.io import atomic_write_json
@@ -91,8 +93,6 @@ def _load_data(raw: str) -> np.ndarray:
 
 
 def _bench(args) -> dict:
-    from device_bench.runner import ModelFileError, check_inputs, open_model
-
     for name in ("threads", "runs", "batch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -118,10 +118,6 @@ def _bench(args) -> dict:
 
 
 def _prepare_qemu() -> int:
-    import logging
-
-    from device_bench.qemu import ensure_sysroot
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         root = ensure_sysroot()

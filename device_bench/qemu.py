@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device_bench.targets import RUNNER, Target, TargetError, max_seconds_args
+from device_bench.target_base import RUNNER, Target, TargetError, runner_args, runner_error
+from pipeline.procs import run_child
 from pipeline.toolchain import pinned
 
 log = logging.getLogger(__name__)
@@ -322,20 +323,15 @@ class QemuAarch64Target(Target):
             out = work / "result.json"
             env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8", "TMPDIR": str(work)}
             cmd = [qemu, "-cpu", CPU_MODEL, "-L", str(root), str(root / "usr/bin" / PYTHON), "-I", "runner.py",
-                   "--model", model.name, "--inputs", "inputs.npz", "--threads", str(threads),
-                   "--warmup", str(warmup), "--runs", str(runs), "--batch", str(batch), "--json", str(out),
-                   *max_seconds_args(max_seconds)]
+                   *runner_args(model.name, "inputs.npz", str(out), threads=threads, warmup=warmup, runs=runs,
+                                batch=batch, max_seconds=max_seconds)]
             log.debug("qemu-aarch64: benching %s (%d warm-up, %d timed runs, emulated)", model.name, warmup, runs)
             try:
-                from pipeline.procs import run_child
-
                 proc = run_child(cmd, timeout=timeout, cwd=work, env=env)  # dies with us
             except subprocess.TimeoutExpired:
                 raise TargetError(f"runner under qemu-aarch64 timed out after {timeout}s on {model.name}; "
                                   "emulation is slow: lower --runs/--warmup") from None
             if proc.returncode != 0:
-                from device_bench.targets import runner_error
-
                 tail = runner_error(proc.stderr or proc.stdout)  # the runner's one error line, not a traceback
                 if proc.returncode < 0 or proc.returncode >= 128 or "uncaught target signal" in tail:
                     tail += f" (signal; check {root}/proc/cpuinfo exists)"

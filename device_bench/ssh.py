@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from device_bench.targets import RUNNER, Target, TargetError, allowed_forms
+from device_bench.target_base import RUNNER, Target, TargetError, runner_args
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ RUNTIME_HINT = {
 
 
 def _bad(spec: str, why: str) -> TargetError:
-    return TargetError(f"bad ssh target {spec!r}: {why}; allowed: {allowed_forms()}")
+    return TargetError(f"bad ssh target {spec!r}: {why}")  # parse_target appends the allowed forms
 
 
 class SshTarget(Target):
@@ -222,9 +222,7 @@ class SshTarget(Target):
 
     def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
             max_seconds=None) -> dict:
-        model = Path(model)
-        if not model.exists():
-            raise TargetError(f"model file {model} does not exist")
+        model = self.existing_model(model)
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise TargetError(f"the ssh target needs the {tool} command here: apt-get install openssh-client")
@@ -241,10 +239,9 @@ class SshTarget(Target):
                 self._scp([str(RUNNER), str(model), str(inputs)], self._scp_dest(remote + "/"),
                           "copying runner.py, the model and the inputs")
                 q = shlex.quote
-                cmd = (f"cd {q(remote)} && {q(self.python)} runner.py --model {q(model.name)} --inputs inputs.npz "
-                       f"--threads {int(threads)} --warmup {int(warmup)} --runs {int(runs)} --batch {int(batch)} "
-                       + (f"--max-seconds {float(max_seconds)} " if max_seconds is not None else "")
-                       + "--json result.json")
+                args = runner_args(model.name, "inputs.npz", "result.json", threads=threads, warmup=warmup, runs=runs,
+                                   batch=batch, max_seconds=max_seconds)
+                cmd = f"cd {q(remote)} && {q(self.python)} runner.py {' '.join(map(q, args))}"
                 proc = self._ssh(cmd, f"running {model.name}", timeout=timeout)
                 if proc.returncode == 3 and "missing runtime" in proc.stderr:
                     raise TargetError(f"{self.python} on {self.where} lacks the runtime for {model.name} "

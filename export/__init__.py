@@ -2,7 +2,8 @@
 
 ``FORMATS`` is the table of what can be written; ``export_all`` writes the chosen rows and runs
 every file it wrote against the PyTorch model (``parity``). They are imported on first use, so
-light modules of this package (``calibration``, ``int8_arith``) import without torch."""
+light modules of this package (``format_table``, ``calibration``, ``int8_arith``) import without torch;
+``format_table`` holds the format names and their properties (``FORMAT_NAMES``), stdlib only."""
 
 __all__ = ["FORMATS", "ExportJob", "Format", "export_all"]
 

@@ -1,8 +1,10 @@
 """The format table and the export -> run -> validate loop.
 
-One row per format: its file name, the runtime that executes it, its precision, whether it must
-match PyTorch to ``parity_atol`` (fp32 files) or has its error compared with a configurable limit
-(fp16, int8), and the function that makes it. ``export_all`` makes each chosen row, runs the
+``FORMATS`` is the rows of ``export.format_table`` (names and properties, importable without
+torch), each joined with the function in ``MAKERS`` that writes it. One row per format: its file
+name, the runtime that executes it, its precision, whether it must match PyTorch to
+``parity_atol`` (fp32 files) or has its error compared with a configurable limit (fp16, int8),
+and the function that makes it. ``export_all`` makes each chosen row, runs the
 file in its runtime on the evaluation inputs, runs the format's own checks (ORT's mobile
 usability checker for ONNX, builtin-ops-only for TFLite) and records one row of results. A strict
 row that fails, or that could not be written, raises ``ParityError`` after every row was tried;
@@ -26,6 +28,7 @@ from torch import nn
 from device_bench.runner import load_model, predict_all
 from export import ort_tools
 from export.calibration import calibration_indices, describe as describe_calibration
+from export.format_table import FORMAT_TABLE
 from export.int8_arith import exact_outputs, host_int8_profile
 from export.onnx_export import INPUT_NAME, export_onnx, graph_io, to_fp16
 from export.quantize import quantize_int8_dynamic, quantize_int8_static
@@ -156,38 +159,26 @@ class Format:
     make: Callable[[ExportJob, Format], Path]
     description: str = ""
     variant: str = ""  # TFLite: which onnx2tf output
+    android: bool = False  # in the Android bundle by default
 
     @property
     def is_onnx(self) -> bool:
         return self.file.endswith(".onnx")
 
 
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in [
-        Format("onnx_fp32", "{stem}.onnx", "onnxruntime", "fp32", True, _make_onnx,
-               "ONNX (dynamo exporter, onnxsim)"),
-        Format("onnx_fp16", "{stem}.fp16.onnx", "onnxruntime", "fp16", False, _make_onnx_fp16,
-               "ONNX fp16 weights and compute, float32 I/O"),
-        Format("onnx_int8", "{stem}.int8.onnx", "onnxruntime", "int8", False, _make_onnx_int8,
-               "ORT static int8: QDQ, per-channel weights, calibrated on training inputs"),
-        Format("onnx_int8_dynamic", "{stem}.int8_dynamic.onnx", "onnxruntime", "int8", False,
-               _make_onnx_int8_dynamic, "ORT dynamic int8: int8 weights, activations quantized at run time"),
-        Format("ort_fp32", "{stem}.ort", "onnxruntime", "fp32", True, _make_ort,
-               "ORT format for ONNX Runtime Mobile (ARM), from onnx_fp32"),
-        Format("ort_int8", "{stem}.int8.ort", "onnxruntime", "int8", False, _make_ort,
-               "ORT format for ONNX Runtime Mobile (ARM), from onnx_int8"),
-        Format("tflite_fp32", "{stem}_fp32.tflite", "litert", "fp32", True, _make_tflite,
-               "TFLite via onnx2tf, float32", "fp32"),
-        Format("tflite_fp16", "{stem}_fp16.tflite", "litert", "fp16", False, _make_tflite,
-               "TFLite via onnx2tf, float16 weights", "fp16"),
-        Format("tflite_dynamic_range", "{stem}_dynamic_range.tflite", "litert", "int8", False, _make_tflite,
-               "TFLite dynamic-range: int8 weights, float activations", "dynamic_range"),
-        Format("tflite_int8", "{stem}_int8.tflite", "litert", "int8", False, _make_tflite,
-               "TFLite full-integer int8 (representative training inputs), float32 I/O", "int8"),
-        Format("tflite_int8_io", "{stem}_int8_io.tflite", "litert", "int8", False, _make_tflite,
-               "TFLite full-integer int8 with int8 input and output", "int8_io"),
-    ]
+MAKERS: dict[str, Callable[[ExportJob, Format], Path]] = {  # FormatRow.made_by -> the function
+    "export_onnx": _make_onnx,
+    "to_fp16": _make_onnx_fp16,
+    "quantize_static": _make_onnx_int8,
+    "quantize_dynamic": _make_onnx_int8_dynamic,
+    "convert_to_ort": _make_ort,
+    "onnx2tf": _make_tflite,
+}
+
+FORMATS: dict[str, Format] = {  # the rows of export.format_table, each with the function that makes it
+    r.name: Format(r.name, r.file, r.runtime, r.precision, r.strict, MAKERS[r.made_by], r.description, r.variant,
+                   android=r.android)
+    for r in FORMAT_TABLE
 }
 
 
