@@ -144,7 +144,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from export import FORMATS
+    from export.format_table import FORMAT_NAMES
     from pipeline.config import load_config
     from pipeline.io import atomic_write_json, sha256_file
     from pipeline.config.slice import ConfigSlice
@@ -159,8 +159,8 @@ def cmd_export(args) -> int:
             raise UserError(f"{run_dir / name} is missing: run the pipeline up to the 'student' stage first")
     formats = args.formats
     for name in formats or []:
-        if name not in FORMATS:
-            raise UserError(f"unknown format {name!r}; allowed: {', '.join(FORMATS)}")
+        if name not in FORMAT_NAMES:
+            raise UserError(f"unknown format {name!r}; allowed: {', '.join(FORMAT_NAMES)}")
     manifest = Runner.load_manifest(run_dir)["files"]
     for name in ("student.pt", "teacher.json", "data.npz"):  # what export reads must be what the run wrote
         if name in manifest and sha256_file(run_dir / name) != manifest[name]["sha256"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from device_bench.targets import TargetError, parse_target
+from export.format_table import FormatName
 from pipeline.options import Strict
 
 
@@ -15,7 +17,7 @@ class BenchConfig(Strict):
     skip_unavailable: bool = Field(
         True, description="drop qemu-aarch64 (with a hint) when qemu is not installed, instead of failing"
     )
-    formats: list[str] = Field(
+    formats: list[FormatName] = Field(
         [], description="formats to bench (empty: every exported file that runs); the teacher's ONNX is always included"
     )
     parity_atol: float = Field(
@@ -35,8 +37,6 @@ class BenchConfig(Strict):
     @field_validator("targets")
     @classmethod
     def _targets(cls, specs: list[str]) -> list[str]:
-        from device_bench.targets import TargetError, parse_target
-
         for spec in specs:
             try:
                 parse_target(spec)  # a malformed target fails here, before any work

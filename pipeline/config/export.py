@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from export.format_table import ANDROID_DEFAULT, FORMAT_NAMES, FormatName
 from pipeline.options import Strict
 
 
@@ -44,18 +45,14 @@ class LimitsConfig(Strict):
     int8_accuracy_drop: float = Field(0.01, ge=0, le=1, description="classification, int8 files: accuracy at most this below PyTorch's")
 
 
-ALL_FORMATS = ["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
-               "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
-FormatName = Literal["onnx_fp32", "onnx_fp16", "onnx_int8", "onnx_int8_dynamic", "ort_fp32", "ort_int8",
-                     "tflite_fp32", "tflite_fp16", "tflite_dynamic_range", "tflite_int8", "tflite_int8_io"]
+ALL_FORMATS = list(FORMAT_NAMES)  # the names come from the one format table (export/format_table.py)
 
 
 class AndroidConfig(Strict):
     enabled: bool = Field(True, description="write the Android bundle (android/) with fixed-shape files")
     batch: int = Field(1, ge=1, description="fixed batch size of the bundle's files (NNAPI needs fixed shapes)")
     formats: list[FormatName] = Field(
-        ["onnx_fp32", "onnx_int8", "ort_fp32", "ort_int8", "tflite_fp32", "tflite_fp16", "tflite_int8",
-         "tflite_int8_io"],
+        list(ANDROID_DEFAULT),
         description="formats copied into the bundle, at the fixed batch size",
     )
 

@@ -7,6 +7,7 @@ import json
 import platform
 from pathlib import Path
 
+from export.format_table import REFERENCE, REFERENCE_INT8
 from pipeline.config import Config
 from pipeline.report.verdicts import file_verdicts
 from pipeline.toolchain import constraints_info
@@ -45,9 +46,9 @@ def collect(run_dir: Path, cfg: Config) -> dict:
     summary = {}
     for target, b in bench.items():
         by = {(r["model"], r["format"]): r for r in b["results"]}
-        t = by.get(("teacher", "onnx_fp32"))
-        s = by.get(("student", "onnx_fp32"))
-        q = by.get(("student", "onnx_int8"))
+        t = by.get(("teacher", REFERENCE))  # the teacher is exported in the reference format only
+        s = by.get(("student", REFERENCE))
+        q = by.get(("student", REFERENCE_INT8))
         if t and s:
             summary[target] = {"student_over_teacher_p50": s["latency_ms"]["p50"] / t["latency_ms"]["p50"]}
             if "rmse" in s:

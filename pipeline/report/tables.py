@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from export.format_table import REFERENCE
 from pipeline.report.verdicts import summary_line
 
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
@@ -102,7 +103,7 @@ def tables(rep: dict) -> list[Table]:
                       v["judged_on"]] for v in rep["verdicts"]]))
     for target, b in rep["bench"].items():
         teacher_p50 = next((r["latency_ms"]["p50"] for r in b["results"]
-                            if r["model"] == "teacher" and r["format"] == "onnx_fp32"), None)
+                            if r["model"] == "teacher" and r["format"] == REFERENCE), None)
         rows = []
         for r in b["results"]:
             lat = r["latency_ms"]

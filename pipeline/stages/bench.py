@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from tqdm.auto import tqdm
 
 from device_bench.targets import parse_target
+from export.format_table import REFERENCE
 from export.onnx_export import save_proto
 from export.tflite import onnx_to_tflite
 from pipeline.config import Config
@@ -38,7 +39,7 @@ def runtime_floor_models(bench_dir: Path) -> list[dict]:
     proto.ir_version = 9
     onnx.checker.check_model(proto)
     floor = save_proto(proto, bench_dir / "floor.onnx")
-    made = [{"model": "floor", "format": "onnx_fp32", "precision": "fp32", "file": "bench/floor.onnx"}]
+    made = [{"model": "floor", "format": REFERENCE, "precision": "fp32", "file": "bench/floor.onnx"}]
     try:
         onnx_to_tflite(floor, bench_dir, "floor", ("fp32",))
         made.append({"model": "floor", "format": "tflite_fp32", "precision": "fp32", "file": "bench/floor_fp32.tflite"})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export import ExportJob, export_all
 from export.android import write_bundle
+from export.format_table import REFERENCE
 from export.checks import add_file_checks, non_finite_rows
 from export.int8_arith import host_int8_profile, profile_fingerprint
 from models.deploy import mobile_friendly
@@ -58,7 +59,7 @@ def given_teacher_row(cfg: Config, teacher_info: dict, src: Path, out_dir: Path)
     teacher stage measured on this very file."""
 
     path = atomic_copy(src, out_dir / "teacher.onnx")
-    return {"format": "onnx_fp32", "model": "teacher", "runtime": "onnxruntime", "precision": "fp32",
+    return {"format": REFERENCE, "model": "teacher", "runtime": "onnxruntime", "precision": "fp32",
             "strict": False, "batch": "as given", "file": path.name, "size_bytes": path.stat().st_size,
             "sha256": sha256_file(path), "status": "ok", "input": cfg.teacher.onnx_input, "origin": "given",
             **teacher_info["test"]}
@@ -108,7 +109,7 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
     if teacher_info.get("model_file") == "teacher_given.onnx":
         result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
     else:
-        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), ["onnx_fp32"])
+        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
     groups = [(out_dir, result["formats"])]
     if android:
         a = cfg.export.android
