@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.data.sources.gaze import angular_error_deg
+from pipeline.errors import NonFiniteError
+
 
 def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred, dtype=np.float64)
@@ -106,8 +109,6 @@ def task_metrics(pred, target, task: str = "regression", abstain: bool = False, 
         names = names if names and len(names) == t.shape[1] else [f"y{i}" for i in range(t.shape[1])]
         out["per_output"] = {n: regression_metrics(p[:, i], t[:, i]) for i, n in enumerate(names)}
         if angles:
-            from pipeline.sources import angular_error_deg
-
             err = angular_error_deg(p[:, :2].astype(np.float64), t[:, :2].astype(np.float64))
             out["angular_error_deg"] = float(err.mean())
             out["angular_error_deg_median"] = float(np.median(err))
@@ -117,8 +118,6 @@ def task_metrics(pred, target, task: str = "regression", abstain: bool = False, 
 def require_finite(arr, where: str, hint: str = "", error: type[Exception] | None = None) -> None:
     """Stop where a non-finite value enters: ``error`` (default ``NonFiniteError``, one line, exit 2)
     naming ``where``, how many values and the first one's index."""
-    from pipeline.errors import NonFiniteError
-
     a = np.asarray(arr)
     if a.dtype.kind not in "fc" or a.size == 0:
         return

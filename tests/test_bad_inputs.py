@@ -888,7 +888,7 @@ def test_checks_fail_on_nan():
 
 
 def test_images_outside_root_load_when_the_config_allows_it(tmp_path):
-    from pipeline.sources import ImageFolderSource, load_source
+    from pipeline.data.sources import ImageFolderSource, load_source
 
     w = W(tmp_path)
     w.images(files=[f"{i}.png" for i in range(23)] + ["../outside.png"])
@@ -902,11 +902,11 @@ def test_images_outside_root_load_when_the_config_allows_it(tmp_path):
 
 
 def test_constant_feature_is_a_warning_and_the_data_loads(tmp_path, caplog):
-    from pipeline.sources import CsvSource, load_source
+    from pipeline.data.sources import CsvSource, load_source
 
     w = W(tmp_path)
     w.csv([r.split(",")[0] + ",7," + r.split(",")[2] for r in w.good_rows()])
-    with caplog.at_level(logging.WARNING, logger="pipeline.sources"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.sources"):
         data = load_source(CsvSource(kind="csv", path=str(w.p("d.csv")), labels=["y"]), 0)
     assert data.x["train"].shape[1] == 2
     assert any("x2" in r.getMessage() and "zero variance" in r.getMessage() for r in caplog.records)

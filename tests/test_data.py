@@ -1,10 +1,24 @@
-"""Data: the sinusoid toy and annotation-error injection."""
+"""Data: the sinusoid toy, annotation-error injection, and the data set table."""
 
 import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.data import Splits, inject_noise, make_dataset, sinusoid_target
+from pipeline.data import (
+    BUILTIN,
+    DATASETS,
+    KINDS,
+    DataConfig,
+    Splits,
+    inject_noise,
+    input_shape,
+    make_dataset,
+    n_outputs,
+    sinusoid_target,
+    task_of,
+)
+from pipeline.errors import UserError
+from tests.conftest import ROOT
 
 
 def _cfg(*sets):
@@ -69,3 +83,45 @@ def test_splits_roundtrip(tmp_path):
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(s.y[split], t.y[split])
         np.testing.assert_array_equal(s.outlier[split], t.outlier[split])
+
+
+SMALL = ["data.n_train=20", "data.n_val=8", "data.n_test=8"]
+
+
+@pytest.mark.parametrize("name, sets", [
+    ("sinusoid", []),
+    ("digits_rotation", ["data.image_size=8"]),
+    ("digits", ["data.image_size=8", "distill.method=kd", "distill.baselines=[]"]),
+    ("pose", ["data.image_size=32", "data.pose.channels=3", "data.pose.max_shift=1"]),
+    ("source", []),
+])
+def test_the_table_row_describes_what_its_builder_makes(name, sets, tmp_path):
+    if name == "source":
+        rows = "\n".join(f"{i},{i % 3},{0.5 * i},{-i}" for i in range(30))
+        (tmp_path / "d.csv").write_text(f"a,b,y1,y2\n{rows}\n")
+        sets = [f"data.source={{kind: csv, path: {tmp_path / 'd.csv'}, labels: [y1, y2]}}"]
+    cfg = load_config(None, [f"data.name={name}", *SMALL, *sets]).data
+    s = make_dataset(cfg, seed=0)
+    row = DATASETS[name]
+    assert s.x["train"].shape[1:] == input_shape(cfg) == row.input_shape(cfg)
+    assert s.out_features == n_outputs(cfg) == len(row.outputs(cfg))
+    assert s.task == task_of(cfg) == row.task
+    assert all(o.name and o.unit and o.meaning for o in row.outputs(cfg)) and row.summary
+    if s.output_names:  # pose, source: the names in Splits are the table's
+        assert [n.split(" (")[0] for n in s.output_names] == [o.name for o in row.outputs(cfg)]
+
+
+def test_data_name_allows_exactly_the_table_names_and_says_which():
+    names = tuple(row.name for row in BUILTIN) + ("source",)
+    assert tuple(DATASETS) == names
+    assert DataConfig.model_fields["name"].annotation.__args__ == names
+    with pytest.raises(UserError) as info:
+        load_config(None, ["data.name=mnist"])
+    msg = str(info.value)
+    assert "\n" not in msg and "data.name" in msg and all(repr(n) in msg for n in names)
+
+
+def test_data_md_documents_every_data_set_and_source_kind():
+    text = (ROOT / "docs" / "DATA.md").read_text()
+    assert all(f"| `{name}` |" in text for name in DATASETS)
+    assert all(f"(`kind: {kind}`)" in text for kind in KINDS)

@@ -1,11 +1,11 @@
-"""The pose data set (pipeline/pose_data.py): real crops from scikit-image's bundled data, rolled and
+"""The pose data set (pipeline/data/pose.py): real crops from scikit-image's bundled data, rolled and
 scaled by known amounts; shapes, determinism, split by source image, labels that match the pixels."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.pose_data import SPLITS, load_faces, make_pose, render
+from pipeline.data.pose import SPLITS, load_faces, make_pose, render
 
 SIZE = 32
 

@@ -9,7 +9,7 @@ from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import UserError
-from pipeline.sources import (
+from pipeline.data.sources import (
     CsvSource,
     DataError,
     ImageFolderSource,

@@ -9,10 +9,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from pipeline.config.bench import BenchConfig
-from pipeline.config.data import DataConfig
 from pipeline.config.distill import DistillConfig
 from pipeline.config.export import ExportConfig, QATConfig
 from pipeline.config.models import StudentConfig, TeacherConfig
+from pipeline.data import DataConfig, task_of
 from pipeline.options import Strict
 
 ALL_CONFIG = ("*",)  # a stage slice that is the whole config (see pipeline/config/slice.py)
@@ -30,7 +30,6 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _methods_fit_task(self) -> Config:
-        from pipeline.data import task_of
         from pipeline.methods import METHODS
 
         task = task_of(self.data)

@@ -1,4 +1,5 @@
-"""A real multi-output image regression task in the box: in-plane pose (roll, scale) of real photographs.
+"""The ``pose`` data set: a real multi-output image regression task in the box, in-plane pose (roll,
+scale) of real photographs.
 
 Like head-pose estimation from a face crop (the setting of the paper behind TOR: a ResNet teacher
 distilled into a MobileNet student on Multi-PIE head pose), but with labels that are exact by
@@ -19,6 +20,9 @@ Sources, all shipping inside scikit-image (nothing is downloaded):
 The split is *by source image*: a seeded permutation assigns each source to train, val or test, so
 no test photograph (or face) is ever seen in training. Grey sources are replicated to RGB when
 ``channels=3``; colour sources are converted to luminance when ``channels=1``.
+
+``make_pose`` renders the clean data set (plain arrays, usable on its own); ``make_pose_dataset`` is
+its row in the data set table: ``data.pose`` options in, ``Splits`` with annotation error out.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from skimage import data as skimage_data  # light: scikit-image loads its submodules on first use
 
-SPLITS = ("train", "val", "test")
+from pipeline.data.options import DataOptions
+from pipeline.data.splits import SPLITS, Splits, inject_noise, learn_standardised, normalised
+
 FRACTIONS = {"train": 0.6, "val": 0.15, "test": 0.25}
 # (output name, unit)
 ROLL = ("roll", "deg")
@@ -70,21 +77,18 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def load_faces() -> list[Source]:
-    from skimage import data
-
-    faces = data.lfw_subset()[:N_FACES]  # (100, 25, 25) float64 in [0, 1]
+    faces = skimage_data.lfw_subset()[:N_FACES]  # (100, 25, 25) float64 in [0, 1]
     return [Source(f"lfw_{i:03d}", "face", [_as_rgb(f)], float(f.shape[0])) for i, f in enumerate(faces)]
 
 
 def load_photos(size: int) -> list[Source]:
-    from scipy import ndimage
-    from skimage import data
+    from scipy import ndimage  # deferred: scipy.ndimage takes half a second to import
 
     sources = []
     for name, fns in PHOTOS.items():
         images = []
         for fn in fns:
-            out = getattr(data, fn)()
+            out = getattr(skimage_data, fn)()
             for im in out[:2] if fn == "stereo_motorcycle" else [out]:  # (left, right, disparity)
                 im = _as_rgb(im)
                 factor = PHOTO_SIDE_IN_WINDOWS * size / min(im.shape[:2])
@@ -112,7 +116,7 @@ def render(image: np.ndarray, centre: tuple[float, float], window: float, size: 
     ``shift`` = (right, down) output pixels, at ``size`` x ``size``: (C, size, size) float32.
 
     The rotation has the sign of ``scipy.ndimage.rotate``: ``ndimage.rotate(out, -roll_deg)`` undoes it."""
-    from scipy import ndimage
+    from scipy import ndimage  # deferred: scipy.ndimage takes half a second to import
 
     theta = math.radians(roll_deg)
     f = window / size / 2.0 ** log2_scale  # source pixels per output pixel
@@ -161,6 +165,11 @@ def _textured_centre(image: np.ndarray, margin: float, window: float, rng: np.ra
     return r, c
 
 
+def pose_outputs(max_shift: float) -> list[tuple[str, str]]:
+    """(name, unit) of each output, in order: roll, log2 scale, then shift x, y when ``max_shift > 0``."""
+    return [ROLL, SCALE] + (list(SHIFTS) if max_shift > 0 else [])
+
+
 def make_pose(n_train: int, n_val: int, n_test: int, size: int = 32, seed: int = 0, *, source: str = "faces",
               channels: int = 1, max_roll: float = 30.0, max_log2_scale: float = 0.5,
               max_shift: float = 0.0) -> dict:
@@ -177,10 +186,9 @@ def make_pose(n_train: int, n_val: int, n_test: int, size: int = 32, seed: int =
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     sources = load_sources(source, size)
     pools = _split_sources(sources, np.random.default_rng([seed, 0]))
-    outputs = [ROLL, SCALE] + (list(SHIFTS) if max_shift > 0 else [])
     result: dict = {
-        "output_names": [name for name, _ in outputs],
-        "units": [unit for _, unit in outputs],
+        "output_names": [name for name, _ in pose_outputs(max_shift)],
+        "units": [unit for _, unit in pose_outputs(max_shift)],
         "sources": [src.name for src in sources],
         "source_split": {s: [sources[i].name for i in pools[s]] for s in SPLITS},
         "description": (f"{source} from scikit-image's bundled data, rolled U[-{max_roll:g}, {max_roll:g}] deg, "
@@ -211,3 +219,26 @@ def make_pose(n_train: int, n_val: int, n_test: int, size: int = 32, seed: int =
         result[f"y_{split}"] = np.stack(cols, axis=1).astype(np.float32)
         result[f"source_{split}"] = np.asarray(which, dtype=np.int64)
     return result
+
+
+def make_pose_dataset(cfg: DataOptions, seed: int) -> Splits:
+    """Roll (deg) and log2-scale of real photographs (``make_pose``), split by source image.
+    ``data.noise`` is in units of each output's clean training-label std (the outputs have different
+    units); labels are learned standardised and every exported file predicts in label units."""
+    p = cfg.pose
+    d = make_pose(cfg.n_train, cfg.n_val, cfg.n_test, size=cfg.image_size, seed=seed, source=p.source,
+                  channels=p.channels, max_roll=p.max_roll, max_log2_scale=p.max_log2_scale, max_shift=p.max_shift)
+    x_raw = {s: d[f"x_{s}"].astype(np.float32) for s in SPLITS}
+    y_clean = {s: d[f"y_{s}"].astype(np.float32) for s in SPLITS}
+    spread = y_clean["train"].std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0).astype(np.float32)
+    rng_noise = np.random.default_rng([seed, 1])
+    y, outlier = {}, {}
+    for s in ("train", "val"):
+        noisy, outlier[s] = inject_noise(y_clean[s] / spread, cfg.noise, rng_noise)
+        y[s] = (noisy * spread).astype(np.float32)
+    y["test"], outlier["test"] = y_clean["test"].copy(), np.zeros(cfg.n_test, dtype=bool)
+    splits = normalised(x_raw, y, y_clean, outlier)
+    splits.output_names = [f"{n} ({u})" for n, u in zip(d["output_names"], d["units"])]
+    splits.description = d["description"]
+    return learn_standardised(splits)

@@ -1,4 +1,10 @@
-"""Config section ``data``: which data set, its size, and the annotation error injected into it."""
+"""The keys of config section ``data``: which data set, its size, and the annotation error injected into it.
+
+``DataOptions`` holds every key and is what a data set builder reads; ``DataConfig``
+(``pipeline/data/table.py``) is the section itself, ``DataOptions`` with ``name`` narrowed to the data set
+table's names: the table imports the builders, the builders import these options. ``data.source`` is one
+of the source kinds' options. ``pipeline.config`` imports the data package, never the reverse.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.data.sources import KINDS, SourceConfig
 from pipeline.options import Strict
-from pipeline.sources import SourceConfig
 
 
 class NoiseConfig(Strict):
@@ -46,16 +52,13 @@ class PoseConfig(Strict):
     max_shift: float = Field(0.0, ge=0, le=8, description="shifts (px) drawn from [-x, x]; 0: no shift outputs")
 
 
-class DataConfig(Strict):
-    name: Literal["sinusoid", "digits_rotation", "digits", "pose", "source"] = Field(
-        "sinusoid",
-        description="data set (registry: pipeline.data.DATASETS); digits is a classification task; "
-        "pose: roll and scale of real photographs (several outputs; noise in units of each output's std); "
-        "source: your own data, described under data.source (docs/DATA.md)",
-    )
+class DataOptions(Strict):
+    """Every key of the data section (``DataConfig`` narrows ``name`` to the data set table's names)."""
+
+    name: str = Field("sinusoid", description="data set: a name in pipeline.data.DATASETS")
     pose: PoseConfig = Field(default_factory=PoseConfig)
     source: SourceConfig | None = Field(
-        None, description="data.name=source: kind csv | npz | image_folder | mpiigaze and its keys (docs/DATA.md)"
+        None, description=f"data.name=source: kind {' | '.join(KINDS)} and its keys (docs/DATA.md)"
     )
     n_train: int = Field(2000, ge=16, description="training samples")
     n_val: int = Field(500, ge=8, description="validation samples (noisy labels, used for early stopping)")
@@ -73,7 +76,7 @@ class DataConfig(Strict):
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
 
     @model_validator(mode="after")
-    def _interval(self) -> DataConfig:
+    def _interval(self) -> DataOptions:
         if self.x_max <= self.x_min:
             raise ValueError(f"x_max ({self.x_max}) must be greater than x_min ({self.x_min})")
         if self.name == "source" and self.source is None:
