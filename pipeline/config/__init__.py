@@ -11,12 +11,13 @@ overrides, ``reference`` writes docs/CONFIG.md.
 
 from pipeline.config.bench import BenchConfig
 from pipeline.config.data import DataConfig, NoiseConfig, PoseConfig
-from pipeline.config.distill import DistillConfig, TORConfig
+from pipeline.config.distill import DistillConfig
 from pipeline.config.export import ALL_FORMATS, ExportConfig, QATConfig
 from pipeline.config.load import load_config
 from pipeline.config.models import StudentConfig, TeacherConfig
 from pipeline.config.reference import config_reference
 from pipeline.config.schema import Config
+from pipeline.methods.tor import TORConfig
 from pipeline.options import TrainConfig
 
 __all__ = ["ALL_FORMATS", "BenchConfig", "Config", "DataConfig", "DistillConfig", "ExportConfig", "NoiseConfig",
