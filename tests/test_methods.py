@@ -157,3 +157,19 @@ def test_every_method_runs_on_the_options_sections_it_declares_alone():
             method.epoch_end()
             assert method.describe()["method"] == name
 
+
+def test_ka_gambler_reads_its_alpha_from_its_own_section():
+    base = ["data.name=digits", "distill.method=ka_gambler", "distill.baselines=[]"]
+    ts = TrainingSet(y=np.arange(8) % 4, teacher=np.eye(4)[np.arange(8) % 4].astype(np.float32), task="classification")
+    logits, y, yt = torch.randn(8, 5), torch.arange(8) % 4, torch.randn(8, 4)
+
+    def loss_and_alpha(*sets):
+        m = build_method("ka_gambler", load_config(None, base + list(sets)).distill, None, ts)
+        return float(m.loss(logits, None, y, yt)), m.describe()["alpha"]
+
+    default = loss_and_alpha()
+    assert default[1] == 0.5 == load_config().distill.kd.alpha  # the same default as kd.alpha, read before
+    assert loss_and_alpha("distill.kd.alpha=0.1") == default  # kd's alpha is kd's
+    assert loss_and_alpha("distill.ka.alpha=0.1") == default  # ka's is ka's
+    changed = loss_and_alpha("distill.ka.gambler_alpha=0.1")
+    assert changed[1] == 0.1 and changed[0] != default[0]

@@ -26,6 +26,11 @@ class KAConfig(Strict):
         description="ka: weight of cross-entropy on the labels beside the adjusted-teacher KD; 0 = the paper's rule "
         "(the student learns from the adjusted teacher alone, which already ranks the label first)",
     )
+    gambler_alpha: float = Field(
+        0.5, ge=0, le=1,
+        description="ka_gambler: weight of the gambler loss (which trains the abstain output) beside the "
+        "adjusted-teacher KD: alpha*gambler + (1-alpha)*KD",
+    )
     payoff: float = Field(
         0.0, ge=0, description="ka_gambler: gambler payoff o in (1, m); 0 = automatic, (1 + m) / 2"
     )
@@ -125,9 +130,9 @@ class KnowledgeAdjustment(KDMethod):
 @register("ka_gambler")
 class KnowledgeAdjustmentGambler(KnowledgeAdjustment):
     """m + 1 outputs, the last one 'abstain': alpha * gambler loss -log(p_y + p_abstain / o) +
-    (1 - alpha) * adjusted KD on the m real classes, alpha = ``distill.kd.alpha`` (not ka.alpha: the hard
-    term here is the gambler loss, which trains the abstain output). Selective prediction abstains on the
-    largest p_abstain."""
+    (1 - alpha) * adjusted KD on the m real classes, alpha = ``distill.ka.gambler_alpha`` (not ka.alpha:
+    the hard term here is the gambler loss, which trains the abstain output). Selective prediction
+    abstains on the largest p_abstain."""
 
     @classmethod
     def n_extra(cls, d_out: int) -> int:
@@ -135,7 +140,7 @@ class KnowledgeAdjustmentGambler(KnowledgeAdjustment):
 
     @property
     def alpha(self) -> float:
-        return self.kd.alpha
+        return self.ka.gambler_alpha
 
     def payoff(self, m: int) -> float:
         o = self.ka.payoff or (1 + m) / 2
