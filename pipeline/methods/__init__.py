@@ -6,8 +6,8 @@ loss terms and the method classes, each registered with ``@register("name")``. T
 module (or one class in a family's module), one import line below, and one test file.
 """
 
-from pipeline.methods.base import (MAD_TO_SIGMA, METHODS, Method, TrainingSet, build_method, option_sections,
-                                   register, residual_norm, robust_scale)
+from pipeline.methods.base import (MAD_TO_SIGMA, METHODS, Method, TrainingSet, build_method, on_registry_change,
+                                   option_sections, register, residual_norm, robust_scale, unregister)
 
 # the families, in registration order (their options sections appear in docs/CONFIG.md in this order)
 from pipeline.methods import baselines  # scratch, kd
@@ -20,5 +20,5 @@ from pipeline.methods import gaussian  # gaussian
 from pipeline.methods.tor import TORConfig, tor_loss, tor_threshold
 
 __all__ = ["MAD_TO_SIGMA", "METHODS", "Method", "TORConfig", "TrainingSet", "baselines", "build_method", "gaussian",
-           "knowledge_adjustment", "label_revision", "option_sections", "register", "residual_norm", "robust_scale",
-           "self_regulation", "tor", "tor_loss", "tor_threshold"]
+           "knowledge_adjustment", "label_revision", "on_registry_change", "option_sections", "register",
+           "residual_norm", "robust_scale", "self_regulation", "tor", "tor_loss", "tor_threshold", "unregister"]

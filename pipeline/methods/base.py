@@ -34,6 +34,7 @@ CLS = frozenset({"classification"})
 # --------------------------------------------------------------------------- the registry
 
 METHODS: dict[str, type[Method]] = {}
+_LISTENERS: list[Callable[[], None]] = []
 _INSTANCE_ATTRIBUTES = {"task", "train_set", "usage_per_epoch"}  # set by Method.__init__: no section may shadow them
 
 
@@ -44,6 +45,16 @@ def option_sections() -> dict[str, type[Strict]]:
         for key, opt in cls.options.items():
             out.setdefault(key, opt)
     return out
+
+
+def on_registry_change(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` after every later ``register`` / ``unregister`` (the config follows the registry)."""
+    _LISTENERS.append(listener)
+
+
+def _notify() -> None:
+    for listener in _LISTENERS:
+        listener()
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -63,9 +74,21 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
                 raise ValueError(f"method {name!r}: options section name {key!r} is not usable as an attribute")
         cls.name = name
         METHODS[name] = cls
+        try:
+            _notify()
+        except Exception:
+            del METHODS[name]
+            _notify()
+            raise
         return cls
 
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a method (and the options sections only it read) from the registry."""
+    del METHODS[name]
+    _notify()
 
 
 def build_method(name: str, distill, teacher_residuals: np.ndarray | None = None,
