@@ -31,6 +31,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pipeline.methods import TrainingSet, build_method
+from pipeline.options import TrainConfig
+from pipeline.train import evaluate_loss, fit
+
 log = logging.getLogger(__name__)
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -257,10 +261,6 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
                  significance: np.ndarray | None = None) -> dict:
     """Fine-tune ``student`` (two heads, output units) in place with fake quantization under the
     method loss of ``cfg.distill.method``; its weights end on their int8 grid. Returns a record."""
-    from pipeline.config import TrainConfig
-    from pipeline.methods import TrainingSet, build_method
-    from pipeline.train import evaluate_loss, fit
-
     q = cfg.qat
     y = {s: splits.y[s] for s in ("train", "val")}
     residuals = y["train"] - yt["train"] if splits.task == "regression" else None

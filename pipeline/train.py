@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import distributed
-from pipeline.config import TrainConfig
+from pipeline.options import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Classification distillation losses (pipeline.classification) on hand-computed cases."""
+"""The methods' loss terms (pipeline.methods.<family>) on hand-computed cases: classification, and the
+regression analogues."""
 
 import math
 
@@ -6,26 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.classification import (
-    SignificanceCounter,
-    abstain_scores,
-    gambler_loss,
-    gambler_predictions,
-    gaussian_nll,
-    hinton_kd_loss,
-    lr_ds_loss,
-    probability_shift,
-    revise_labels,
-    revise_regression_targets,
-    select_for_distillation,
-    selective_risk,
-    self_regulated_ce,
-    self_regulated_mask,
-    significance_kd_loss,
-    soft_target_loss,
-    softmax_confidence_abstention,
-    teacher_reliability,
-)
+from pipeline.methods.abstention import (abstain_scores, gambler_predictions, selective_risk,
+                                         softmax_confidence_abstention)
+from pipeline.methods.baselines import hinton_kd_loss, soft_target_loss
+from pipeline.methods.gaussian import gaussian_nll
+from pipeline.methods.knowledge_adjustment import gambler_loss, probability_shift
+from pipeline.methods.label_revision import (lr_ds_loss, revise_labels, revise_regression_targets,
+                                             select_for_distillation, teacher_reliability)
+from pipeline.methods.self_regulation import (SignificanceCounter, self_regulated_ce, self_regulated_mask,
+                                              significance_kd_loss)
 
 
 def _f(*rows):

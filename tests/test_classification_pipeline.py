@@ -15,6 +15,7 @@ from pipeline.config import load_config
 from pipeline.data import inject_label_noise, make_dataset
 from pipeline.errors import UserError
 from pipeline.methods import METHODS, TrainingSet, build_method
+from pipeline.methods.knowledge_adjustment import gambler_loss
 from tests.conftest import run_cli
 
 CLS_METHODS = ["scratch", "kd", "lr", "ds", "lr_ds", "ka", "ka_gambler", "significance", "regulated", "hybrid"]
@@ -145,10 +146,8 @@ def test_gambler_payoff_must_lie_between_one_and_m():
 
 
 def test_gambler_warm_up_trains_plain_cross_entropy_then_the_gambler_loss():
-    from pipeline.classification import gambler_loss
-
     cfg = load_config(overrides=["data.name=digits", "distill.method=ka_gambler", "distill.baselines=[]",
-                                 "distill.kd.alpha=1", "distill.ka.pretrain_epochs=1"]).distill
+                                 "distill.ka.gambler_alpha=1", "distill.ka.pretrain_epochs=1"]).distill
     method = build_method("ka_gambler", cfg, None, _train_set(n=4, m=4))
     logits, y, yt = torch.randn(4, 5), torch.tensor([0, 1, 2, 3]), torch.randn(4, 4)
     ce, gamble = F.cross_entropy(logits[:, :4], y), gambler_loss(logits, y, method.payoff(4))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.methods import METHODS, build_method, robust_scale, tor_loss, tor_threshold
+from pipeline.config import DistillConfig, load_config
+from pipeline.methods import (METHODS, TrainingSet, build_method, option_sections, robust_scale, tor_loss,
+                              tor_threshold)
 
 
 def _t(*v):
@@ -134,3 +135,41 @@ def test_gaussian_student_loss_and_abstention_metrics_by_hand():
     m = task_metrics(np.array([[1.0, 0.0], [2.0, 5.0]]), np.array([[0.0], [0.0]]), "regression", abstain=True)
     assert m["rmse"] == pytest.approx(math.sqrt((1 + 4) / 2))
     assert m["rmse_at_coverage"]["50"] == pytest.approx(1.0) and m["rmse_at_coverage"]["100"] == pytest.approx(m["rmse"])
+
+
+def test_every_method_runs_on_the_options_sections_it_declares_alone():
+    """build_method hands a method only its declared sections: a method that read any other would fail here."""
+    assert set(option_sections()) == set(DistillConfig.model_fields) - {"method", "baselines", "train"}
+    g = torch.Generator().manual_seed(0)
+    for name, cls in METHODS.items():
+        for task in sorted(cls.tasks):
+            if task == "regression":
+                y, yt = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+            else:
+                y, yt = torch.randint(0, 4, (16,), generator=g), torch.randn(16, 4, generator=g)
+            ts = TrainingSet(y=y.numpy(), teacher=yt.numpy(), task=task, significance=np.linspace(0, 1, 16))
+            method = build_method(name, {}, (y - yt).numpy() if task == "regression" else None, ts)
+            assert {k for k in vars(method) if k in option_sections()} == set(cls.options), name
+            width = yt.shape[1] + cls.n_extra(yt.shape[1])
+            loss = method.loss(torch.randn(16, width, generator=g), torch.randn(16, yt.shape[1], generator=g), y, yt,
+                               torch.arange(16))
+            assert torch.isfinite(loss), (name, task)
+            method.epoch_end()
+            assert method.describe()["method"] == name
+
+
+def test_ka_gambler_reads_its_alpha_from_its_own_section():
+    base = ["data.name=digits", "distill.method=ka_gambler", "distill.baselines=[]"]
+    ts = TrainingSet(y=np.arange(8) % 4, teacher=np.eye(4)[np.arange(8) % 4].astype(np.float32), task="classification")
+    logits, y, yt = torch.randn(8, 5), torch.arange(8) % 4, torch.randn(8, 4)
+
+    def loss_and_alpha(*sets):
+        m = build_method("ka_gambler", load_config(None, base + list(sets)).distill, None, ts)
+        return float(m.loss(logits, None, y, yt)), m.describe()["alpha"]
+
+    default = loss_and_alpha()
+    assert default[1] == 0.5 == load_config().distill.kd.alpha  # the same default as kd.alpha, read before
+    assert loss_and_alpha("distill.kd.alpha=0.1") == default  # kd's alpha is kd's
+    assert loss_and_alpha("distill.ka.alpha=0.1") == default  # ka's is ka's
+    changed = loss_and_alpha("distill.ka.gambler_alpha=0.1")
+    assert changed[1] == 0.1 and changed[0] != default[0]

@@ -1,97 +1,37 @@
-"""Config section ``distill``: the deployed method, the baselines and every method's options."""
+"""Config section ``distill``: the deployed method, the baselines, the students' training loop, and one
+options section per ``distill.<key>`` that a registered method reads.
+
+The sections come from the registry (``pipeline.methods``): each method class declares its options
+classes, and ``DistillConfig`` has one field per section, in order of first use. A method registered
+later (a plugin, a test) updates the same class in place: its sections are added (and removed again
+by ``unregister``) and every config model that embeds ``DistillConfig`` is rebuilt, so validation,
+defaults, ``--set``, the cache hash and docs/CONFIG.md all see the registry as it is.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import typing
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic.fields import FieldInfo
 
+from pipeline.methods import METHODS, on_registry_change, option_sections
 from pipeline.options import Strict, TrainConfig
 
 
-class KDConfig(Strict):
-    alpha: float = Field(
-        0.5, ge=0, le=1,
-        description="kd: alpha*MSE(s, y) + (1-alpha)*MSE(s, y_teacher); classification: alpha*CE + (1-alpha)*T^2*KL",
-    )
-    temperature: float = Field(4.0, gt=0, description="classification: softmax temperature T of Hinton KD")
+def _check_method(name: str) -> None:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
 
 
-class LRConfig(Strict):
-    eta: float = Field(0.5, gt=0, lt=1, description="lr: beta = eta / (p_max - p_y + 1) mixes the teacher into the label")
-    scale_k: float = Field(
-        2.0, gt=0, description="regression lr: target weight exp(-|y_t - y| / (scale_k x MAD-scale of residuals))"
-    )
+class _DistillFields(Strict):
+    """The keys of ``distill`` that are not a method's options."""
 
-
-class DSConfig(Strict):
-    fraction: float = Field(
-        0.6, gt=0, le=1, description="ds: fraction of training samples distilled (most reliable teacher); the rest: labels only"
-    )
-
-
-class KAConfig(Strict):
-    alpha: float = Field(
-        0.0, ge=0, le=1,
-        description="ka: weight of cross-entropy on the labels beside the adjusted-teacher KD; 0 = the paper's rule "
-        "(the student learns from the adjusted teacher alone, which already ranks the label first)",
-    )
-    payoff: float = Field(
-        0.0, ge=0, description="ka_gambler: gambler payoff o in (1, m); 0 = automatic, (1 + m) / 2"
-    )
-    min_label_prob: float = Field(
-        0.0, ge=0, lt=1,
-        description="ka, ka_gambler: shift only where the teacher's (tempered) probability of the label is at least "
-        "this; below it the label is more likely wrong than the teacher and the teacher is kept (0 = always shift, "
-        "as in the paper)",
-    )
-    pretrain_epochs: int = Field(
-        0, ge=0,
-        description="ka_gambler: first epochs trained without the abstain option (cross-entropy over the m classes), "
-        "as the deep gamblers reference code does, so the abstain output does not take over early",
-    )
-
-
-class SignificanceConfig(Strict):
-    min_weight: float = Field(
-        0.2, ge=0, lt=1, description="significance / hybrid: samples below this normalised significance are left out"
-    )
-
-
-class RegulatedConfig(Strict):
-    tau: float = Field(0.9, gt=0, le=1, description="regulated / hybrid: the student skips samples it gets right with p_y >= tau")
-
-
-class TORConfig(Strict):
-    mode: Literal["reject", "substitute"] = Field(
-        "reject", description="outliers: leave out of the label loss (reject) or use y_teacher as target (substitute)"
-    )
-    delta_rule: Literal["absolute", "mad"] = Field(
-        "mad", description="outlier threshold: a fixed delta, or k x MAD-scale of the residuals y - y_teacher"
-    )
-    delta: float = Field(0.5, gt=0, description="threshold for delta_rule=absolute")
-    k: float = Field(2.0, gt=0, description="multiplier for delta_rule=mad (delta = k * 1.4826 * MAD)")
-
-
-class TORMTConfig(Strict):
-    label_weight: float = Field(1.0, ge=0, description="weight of the TOR loss on the label head")
-    teacher_weight: float = Field(0.5, ge=0, description="weight of MSE(teacher head, y_teacher)")
-
-
-class DistillConfig(Strict):
     method: str = Field("tor_mt", description="method of the deployed student (registry: pipeline.methods.METHODS)")
     baselines: list[str] = Field(
         ["scratch", "kd"], description="extra students trained on the same data for comparison in the report"
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
-    kd: KDConfig = Field(default_factory=KDConfig)
-    tor: TORConfig = Field(default_factory=TORConfig)
-    tor_mt: TORMTConfig = Field(default_factory=TORMTConfig)
-    lr: LRConfig = Field(default_factory=LRConfig)
-    ds: DSConfig = Field(default_factory=DSConfig)
-    ka: KAConfig = Field(default_factory=KAConfig)
-    significance: SignificanceConfig = Field(default_factory=SignificanceConfig)
-    regulated: RegulatedConfig = Field(default_factory=RegulatedConfig)
 
     @field_validator("method")
     @classmethod
@@ -107,8 +47,51 @@ class DistillConfig(Strict):
         return names
 
 
-def _check_method(name: str) -> None:
-    from pipeline.methods import METHODS
+def _sections() -> dict[str, type[Strict]]:
+    sections = option_sections()
+    clash = sorted(set(sections) & set(_DistillFields.model_fields))
+    if clash:
+        raise ValueError(f"options section {clash[0]!r} would hide the key distill.{clash[0]}")
+    return sections
 
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+
+DistillConfig = create_model(
+    "DistillConfig", __base__=_DistillFields, __module__=__name__,
+    **{key: (opt, Field(default_factory=opt)) for key, opt in _sections().items()},
+)
+
+
+def _embeds(model: type[BaseModel], target: type[BaseModel]) -> bool:
+    return any(f.annotation is target or target in typing.get_args(f.annotation) for f in model.model_fields.values())
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def _follow_registry() -> None:
+    """After a late (un)registration: give DistillConfig exactly the registry's sections, then rebuild it
+    and every model that embeds it (``Config``), whose validators were compiled with the old fields."""
+    sections, fields = _sections(), DistillConfig.model_fields  # the class's own field dict (pydantic >= 2.6)
+    own = set(_DistillFields.model_fields)
+    stale = [key for key in fields if key not in own and fields[key].annotation is not sections.get(key)]
+    for key in stale:
+        del fields[key]
+    new = [key for key in sections if key not in fields]
+    for key in new:
+        fields[key] = FieldInfo.from_annotated_attribute(sections[key], Field(default_factory=sections[key]))
+    if not stale and not new:
+        return
+    rebuilt = [DistillConfig]
+    DistillConfig.model_rebuild(force=True)
+    grew = True
+    while grew:  # parents after their children, until no model embeds a rebuilt one unrebuilt
+        grew = False
+        for model in _subclasses(Strict):
+            if model not in rebuilt and any(_embeds(model, done) for done in rebuilt):
+                model.model_rebuild(force=True)
+                rebuilt.append(model)
+                grew = True
+
+
+on_registry_change(_follow_registry)

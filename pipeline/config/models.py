@@ -7,21 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.methods.self_regulation import SRLConfig
 from pipeline.options import Strict, TrainConfig
-
-
-class SRLConfig(Strict):
-    """Self-regulated learning (Mishra & Sundaram): only samples the model gets wrong, or right with
-    confidence below tau, take part in the backward pass; a sample's significance is how often it did."""
-
-    enabled: bool = Field(
-        False, description="teacher: train with SRL (otherwise participation is only counted, for significance)"
-    )
-    tau: float = Field(0.9, gt=0, le=1, description="classification: confidence p_y below which a right sample takes part")
-    tolerance: float = Field(
-        1.0, gt=0, description="regression: |error| above tolerance x MAD-scale of the residuals takes part"
-    )
-
 
 BackboneName = Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
                        "mobilenet_v3_large", "efficientnet_b0"]

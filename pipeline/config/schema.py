@@ -13,6 +13,7 @@ from pipeline.config.distill import DistillConfig
 from pipeline.config.export import ExportConfig, QATConfig
 from pipeline.config.models import StudentConfig, TeacherConfig
 from pipeline.data import DataConfig, task_of
+from pipeline.methods import METHODS
 from pipeline.options import Strict
 
 ALL_CONFIG = ("*",)  # a stage slice that is the whole config (see pipeline/config/slice.py)
@@ -30,8 +31,6 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _methods_fit_task(self) -> Config:
-        from pipeline.methods import METHODS
-
         task = task_of(self.data)
         for key, name in [("distill.method", self.distill.method)] + [
                 ("distill.baselines", b) for b in self.distill.baselines]:

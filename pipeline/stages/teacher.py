@@ -15,7 +15,7 @@ from pipeline.config import Config
 from pipeline.data import Splits
 from pipeline.given_teacher import given_teacher_predictions, load_given_checkpoint, onnx_param_count
 from pipeline.io import atomic_write, atomic_write_json, sha256_file
-from pipeline.classification import SignificanceCounter, self_regulated_mask
+from pipeline.methods.self_regulation import SignificanceCounter, self_regulated_mask
 from pipeline.metrics import require_finite
 from pipeline.runner import Context
 from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
