@@ -96,7 +96,8 @@ def test_pipeline_image_installs_the_project_and_pyprojects_torch(project):
     assert index and index.rstrip("/").endswith("/whl/cpu")  # the CPU build
     assert any("." in paths for _, _, paths in installs), "the image must pip install the project (.)"
     copied = {src.rstrip("/") for word, rest in instructions(path) if word == "COPY" for src in rest.split()[:-1]}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = [pattern.rstrip("*") for pattern in found["include"]]  # "pipeline*": pipeline and its subpackages
     for needed in ("pyproject.toml", "README.md", *packages):  # README: pyproject's readme; packages: the code
         assert needed in copied, f"docker/Dockerfile does not COPY {needed}"
     # the bench targets' system tools are installed
