@@ -2,11 +2,13 @@
 
 A target runs ``runner.py`` (the self-contained script next to this file) with model files and
 inputs somewhere, and returns the runner's JSON results: ``run`` for one file, ``run_many`` for a
-list of ``Job`` (file, inputs) in one go. A target implements either; each has a default in terms of
-the other (the built-in targets implement ``run_many``: one runner process per target for all files). ``TARGETS`` maps the scheme a target is
-written with (``host``, ``qemu-aarch64``, ``ssh`` for ``ssh://...``) to its class;
+list of ``Job`` (file, inputs) in one go. A target implements either; each has a default in terms
+of the other (the built-in targets implement ``run_many``: one runner process per target for all
+files). ``TARGETS`` maps the scheme a target is written with (``host``, ``qemu-aarch64``, ``ssh``
+for ``ssh://...``) to its class;
 ``register_target`` adds one. The built-in targets are registered in ``device_bench.targets``,
-which also has ``parse_target``. Target modules import this module only, never each other.
+which also has ``parse_target``. Target modules import this module (and ``jobs``, the many-files
+plumbing), never each other.
 """
 
 from __future__ import annotations
