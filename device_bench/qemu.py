@@ -41,11 +41,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
-
-from device_bench.target_base import RUNNER, Target, TargetError, runner_args, runner_error
-from pipeline.procs import run_child
+from device_bench.jobs import JOBS, RESULTS, bench_present, launch_local, run_resumable, write_jobs
+from device_bench.target_base import RUNNER, Job, Target, TargetError, settings_args
 from pipeline.toolchain import pinned
 
 log = logging.getLogger(__name__)
@@ -308,38 +307,45 @@ class QemuAarch64Target(Target):
     def fingerprint(self) -> str:
         return f"qemu-aarch64:{recipe_hash()}"  # the sysroot recipe, emulated CPU model included
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
-            max_seconds=None) -> dict:
-        model = self.existing_model(model)
+    def run_many(self, jobs: Sequence[Job], *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+                 max_seconds=None) -> list[dict | TargetError]:
+        """Every file in one emulated aarch64 Python process (again from the next file after a crash)."""
         qemu = find_qemu()
         if qemu is None:
             raise TargetError("the qemu-aarch64 target needs qemu-aarch64-static: apt-get install qemu-user-static")
         root = ensure_sysroot()
+        settings = settings_args(threads=threads, warmup=warmup, runs=runs, batch=batch, max_seconds=max_seconds)
+        results = bench_present(jobs, lambda present: self._run_present(qemu, root, present, settings, timeout))
+        emulator = qemu_version(qemu) if any(isinstance(r, dict) for r in results) else ""
+        for result in results:
+            if not isinstance(result, dict):
+                continue
+            machine = result.get("platform", {}).get("machine")
+            if machine != "aarch64":
+                raise TargetError(f"the qemu-aarch64 runner reported machine {machine!r}, not 'aarch64'")
+            result.update(target=self.label, emulated=self.emulated, emulator=emulator, emulated_cpu=CPU_MODEL)
+        return results
+
+    @staticmethod
+    def _run_present(qemu: str, root: Path, present: list[Job], settings: list[str], timeout: float) -> list:
+        def error(i, code, text):
+            name = present[i].model.name if i is not None else None
+            if code is None:
+                return TargetError(f"runner under qemu-aarch64 timed out after {timeout}s "
+                                   f"{'on ' + name if name else 'before the first file'}; "
+                                   "emulation is slow: lower --runs/--warmup")
+            if code < 0 or code >= 128 or "uncaught target signal" in text:
+                text += f" (signal; check {root}/proc/cpuinfo exists)"
+            return TargetError(f"runner failed under qemu-aarch64 {'for ' + name if name else 'before the first file'} "
+                               f"(exit {code}): {text}")
+
         with tempfile.TemporaryDirectory(prefix="pocketkd-qemu-") as tmp:
             work = Path(tmp)
             shutil.copy2(RUNNER, work / "runner.py")
-            shutil.copy2(model, work / model.name)
-            np.savez(work / "inputs.npz", x=np.asarray(x, dtype=np.float32))
-            out = work / "result.json"
+            write_jobs(present, work, ship=True)
             env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8", "TMPDIR": str(work)}
             cmd = [qemu, "-cpu", CPU_MODEL, "-L", str(root), str(root / "usr/bin" / PYTHON), "-I", "runner.py",
-                   *runner_args(model.name, "inputs.npz", str(out), threads=threads, warmup=warmup, runs=runs,
-                                batch=batch, max_seconds=max_seconds)]
-            log.debug("qemu-aarch64: benching %s (%d warm-up, %d timed runs, emulated)", model.name, warmup, runs)
-            try:
-                proc = run_child(cmd, timeout=timeout, cwd=work, env=env)  # dies with us
-            except subprocess.TimeoutExpired:
-                raise TargetError(f"runner under qemu-aarch64 timed out after {timeout}s on {model.name}; "
-                                  "emulation is slow: lower --runs/--warmup") from None
-            if proc.returncode != 0:
-                tail = runner_error(proc.stderr or proc.stdout)  # the runner's one error line, not a traceback
-                if proc.returncode < 0 or proc.returncode >= 128 or "uncaught target signal" in tail:
-                    tail += f" (signal; check {root}/proc/cpuinfo exists)"
-                raise TargetError(f"runner failed under qemu-aarch64 for {model.name} (exit {proc.returncode}): {tail}")
-            result = json.loads(out.read_text())
-        machine = result.get("platform", {}).get("machine")
-        if machine != "aarch64":
-            raise TargetError(f"the qemu-aarch64 runner reported machine {machine!r}, not 'aarch64'")
-        result.update(target=self.label, emulated=self.emulated, emulator=qemu_version(qemu),
-                      emulated_cpu=CPU_MODEL)
-        return result
+                   "--jobs", JOBS, *settings, "--json", RESULTS]
+            log.debug("qemu-aarch64: benching %d files in one emulated process", len(present))
+            return run_resumable(len(present), lambda first: launch_local(
+                [*cmd, "--first", str(first)], work, timeout * (len(present) - first), cwd=work, env=env), error)

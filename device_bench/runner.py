@@ -11,11 +11,18 @@ is imported, so the same code runs on the host, under qemu-aarch64 and on a boar
 It prints (or writes) one JSON object: platform, runtime and version, session-creation and
 first-inference times, latency statistics over the timed runs, throughput, peak RSS, and the
 model's outputs on every input row of ``eval.npz['x']`` (for accuracy and parity checks).
+
+Many models in one process (one interpreter start and runtime import for all): ``--models a.onnx
+b.tflite --inputs eval.npz``, or ``--jobs jobs.json``, a list of {model, inputs, key, rows, name}.
+They are timed one after another, never concurrently. Output: JSON lines, {"index": i, "started":
+true} before each model, then its result or {index, model, error, exit}; a failing model does not
+stop the others, and ``--first N`` resumes after a crash (whose job is the last one started).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -56,20 +63,12 @@ class OrtModel:
 
 def _tflite_interpreter_class():
     """LiteRT first (the maintained runtime), then tflite_runtime (older devices), then TensorFlow."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        import ai_edge_litert
-
-        return Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "unknown")
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        import tflite_runtime
-
-        return Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
-    except ImportError:
-        pass
+    for pkg, name in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite_runtime")):
+        try:
+            interpreter = importlib.import_module(pkg + ".interpreter").Interpreter
+            return interpreter, name, getattr(importlib.import_module(pkg), "__version__", "unknown")
+        except ImportError:
+            pass
     try:
         import tensorflow as tf
 
@@ -282,17 +281,18 @@ def time_model(model, x_batch: np.ndarray, warmup: int, runs: int, max_seconds=N
     return ms
 
 
-def cpu_model() -> str:
+def _cpuinfo():
+    """The first value of each /proc/cpuinfo field, and the CPU flags (x86 'flags', ARM 'Features')."""
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
+            pairs = [[s.strip() for s in line.split(":", 1)] for line in f if ":" in line]
     except OSError:
-        return platform.processor() or "unknown"
-    fields = {}
-    for line in text.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            fields.setdefault(k.strip(), v.strip())
+        pairs = []
+    return dict(reversed(pairs)), {w for k, v in pairs if k in ("flags", "Features") for w in v.split()}
+
+
+def cpu_model() -> str:
+    fields = _cpuinfo()[0]
     for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
         if fields.get(key):
             return fields[key]
@@ -310,15 +310,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 def cpu_int8_info() -> dict:
     """The CPU's int8-relevant flags and the int8 path they imply (a prediction; the bench's probe
     model measures it)."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
+    flags = _cpuinfo()[1]
     machine = platform.machine().lower()
     have = sorted(f for f in INT8_FLAGS if f in flags)
     if machine in ("aarch64", "arm64") or machine.startswith("arm"):
@@ -333,7 +325,17 @@ def cpu_int8_info() -> dict:
     return {"machine": machine, "int8_flags": have, "int8_path": path, "u8s8_saturates_expected": saturates}
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb(reset=False) -> float:
+    """Peak RSS of this process in MB: since the last ``reset`` where Linux allows it (VmHWM, reset
+    through clear_refs: each of several models gets its own peak), else over its life (ru_maxrss)."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        with open("/proc/self/status") as f:
+            return float([ln.split()[1] for ln in f if ln.startswith("VmHWM:")][0]) / 1024.0
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         import resource
 
@@ -343,19 +345,13 @@ def peak_rss_mb() -> float:
 
 
 def platform_info() -> dict:
-    return {
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        **cpu_int8_info(),
-    }
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, **cpu_int8_info()}
 
 
 def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=1, runtime="auto",
           max_seconds=None) -> dict:
+    peak_rss_mb(reset=True)
     t0 = time.perf_counter()
     model = load_model(model_path, threads, runtime)
     create_ms = (time.perf_counter() - t0) * 1e3
@@ -371,32 +367,47 @@ def bench(model_path: str, x: np.ndarray, threads=1, warmup=50, runs=300, batch=
     stats = latency_stats(ms)
     outputs = predict_all(model, x.astype(np.float32))
     return {
-        "model": os.path.basename(model_path),
-        "size_bytes": os.path.getsize(model_path),
-        "runtime": model.runtime,
-        "runtime_version": model.version,
-        "platform": platform_info(),
-        "threads": threads,
-        "batch": batch,
-        "warmup": warmup,
-        "runs": len(ms),
-        "runs_requested": runs,
-        "session_create_ms": create_ms,
-        "first_inference_ms": first_ms,
-        "latency_ms": stats,
+        "model": os.path.basename(model_path), "size_bytes": os.path.getsize(model_path), "runtime": model.runtime,
+        "runtime_version": model.version, "platform": platform_info(), "threads": threads, "batch": batch,
+        "warmup": warmup, "runs": len(ms), "runs_requested": runs, "session_create_ms": create_ms,
+        "first_inference_ms": first_ms, "latency_ms": stats,
         "throughput_per_s": batch * 1e3 / stats["p50"] if stats["p50"] > 0 else None,
-        "latencies_ms": ms,
-        "peak_rss_mb": peak_rss_mb(),
-        "n_outputs": model.n_outputs,
-        "input_layout_converted": getattr(model, "converted_layout", None),
-        "outputs": outputs.tolist(),
+        "latencies_ms": ms, "peak_rss_mb": peak_rss_mb(), "n_outputs": model.n_outputs,
+        "input_layout_converted": getattr(model, "converted_layout", None), "outputs": outputs.tolist(),
     }
+
+
+def job_error(exc, model):
+    """(exit code, one-line message) for a model that could not be benched."""
+    if isinstance(exc, ImportError):
+        return 3, "missing runtime: %s" % exc
+    if isinstance(exc, ModelFileError):
+        return 2, str(exc)
+    return 1, "%s on %s: %s: %s" % (os.path.basename(model), platform.machine(), type(exc).__name__, one_line(exc))
+
+
+def run_job(job, args, arrays) -> dict:
+    """Check and bench one job: {model, inputs (default --inputs), key (default 'x'), rows, name}."""
+    inputs, key = job.get("inputs") or args.inputs, job.get("key", "x")
+    for p in (job["model"], inputs):
+        if not os.path.exists(p):
+            raise ModelFileError("%s does not exist" % p)
+    if (inputs, key) not in arrays:  # each input array is read once per process
+        with np.load(inputs) as z:
+            arrays[(inputs, key)] = z[key]
+    x = arrays[(inputs, key)][: job.get("rows") or args.eval_rows or None]
+    check_inputs(open_model(job["model"], args.threads, args.runtime), x, inputs)
+    res = bench(job["model"], x, args.threads, args.warmup, args.runs, args.batch, args.runtime, args.max_seconds)
+    return dict(res, model=job.get("name") or res["model"])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--inputs", required=True, help="NPZ with array 'x' (model-ready, normalised inputs)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="one model: the output is its result (or its error and exit code 1-3)")
+    what.add_argument("--models", nargs="+", help="several models, benched in turn in this one process")
+    what.add_argument("--jobs", help="JSON list of {model, inputs, key, rows, name}: --models with own inputs")
+    ap.add_argument("--inputs", help="NPZ with array 'x' (model-ready, normalised inputs)")
     ap.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "tflite"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=50)
@@ -404,38 +415,42 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, help="stop timing after this many seconds (>= 10 runs)")
     ap.add_argument("--eval-rows", type=int, help="outputs for the first N input rows only (default: all)")
-    ap.add_argument("--json", help="write the result here instead of stdout")
+    ap.add_argument("--first", type=int, default=0, help="--models/--jobs: start at this job (after a crash)")
+    ap.add_argument("--json", help="write the result here instead of stdout (--models/--jobs: JSON lines)")
     args = ap.parse_args(argv)
-    for p in (args.model, args.inputs):
-        if not os.path.exists(p):
-            print("error: %s does not exist" % p, file=sys.stderr)
-            return 2
-    try:
-        with np.load(args.inputs) as z:
-            x = z["x"]
-        if args.eval_rows:
-            x = x[: args.eval_rows]
-        check_inputs(open_model(args.model, args.threads, args.runtime), x, args.inputs)
-        result = bench(args.model, x, args.threads, args.warmup, args.runs, args.batch, args.runtime,
-                       args.max_seconds)
-    except ImportError as exc:
-        print("error: missing runtime: %s" % exc, file=sys.stderr)
-        return 3
-    except ModelFileError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print("error: %s on %s: %s: %s" % (os.path.basename(args.model), platform.machine(), type(exc).__name__,
-                                          one_line(exc)), file=sys.stderr)
-        return 1
-    text = json.dumps(result)
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
+    if not (args.inputs or args.jobs):
+        ap.error("--inputs is required with --model and --models")
+    if args.model:
+        try:
+            text = json.dumps(run_job({"model": args.model}, args, {}))
+        except Exception as exc:
+            code, message = job_error(exc, args.model)
+            print("error: %s" % message, file=sys.stderr)
+            return code
+        if not args.json:
+            sys.stdout.write(text + "\n")
+            return 0
+        with open(args.json + ".tmp", "w") as f:
             f.write(text)
-        os.replace(tmp, args.json)
+        os.replace(args.json + ".tmp", args.json)
+        return 0
+    if args.jobs:
+        with open(args.jobs) as f:
+            jobs = json.load(f)
     else:
-        sys.stdout.write(text + "\n")
+        jobs = [{"model": m} for m in args.models]
+    arrays, out = {}, open(args.json, "w") if args.json else sys.stdout
+    for i, job in enumerate(jobs[args.first:], args.first):  # a line before each job: a crash names its job
+        out.write(json.dumps({"index": i, "started": True}) + "\n")
+        out.flush()
+        try:
+            line = dict(run_job(job, args, arrays), index=i)
+        except Exception as exc:
+            code, message = job_error(exc, job["model"])
+            line = {"index": i, "model": job.get("name") or os.path.basename(job["model"]), "error": message,
+                    "exit": code}
+        out.write(json.dumps(line) + "\n")
+        out.flush()
     return 0
 
 

@@ -19,26 +19,29 @@ onnxruntime for ``.onnx``/``.ort`` files and ``ai-edge-litert`` (or ``tflite-run
 ``.tflite``. Files travel with ``scp`` (retried with ``scp -O`` for devices without an SFTP
 server, e.g. dropbear).
 
-One run: check the interpreter and make a temp dir (``mktemp -d``), ``scp`` runner.py, the model
-and the inputs there, run ``PYTHON runner.py ... --json result.json``, ``scp`` the JSON back,
-and remove the temp dir (also on failure).
+One run, for all files: log in once (an OpenSSH ControlMaster whose socket lives in a private
+local temp dir; every ``ssh`` and ``scp`` below is multiplexed over it, so the device sees one
+login per run), check the interpreter and make a temp dir (``mktemp -d``), ``scp`` runner.py, the
+models, the inputs and the job file there in one copy, run ``PYTHON runner.py --jobs jobs.json
+--json results.jsonl`` (all files in one process; again from the next file after a crash),
+``scp`` the results back, remove the temp dir (also on failure) and close the connection.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
 import shutil
 import subprocess
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-
-from device_bench.target_base import RUNNER, Target, TargetError, runner_args
+from device_bench.jobs import JOBS, RESULTS, Launched, bench_present, read_lines, run_resumable, write_jobs
+from device_bench.target_base import RUNNER, Job, Target, TargetError, settings_args
+from pipeline.procs import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ FORM = "ssh://[user@]host[:port][?key=PATH&python=PATH&known_hosts=PATH]"
 OPTIONS = ("key", "python", "known_hosts")
 CONNECT_TIMEOUT = 10
 STEP_TIMEOUT = 300
+# the shared connection closes this long after its last session if we cannot close it (killed)
+CONTROL_PERSIST = 60
 # exit codes of the probe script (the remote shell's), distinct from ssh's 255 and a shell's 126/127
 NO_PYTHON, NO_NUMPY, OLD_PYTHON = 201, 202, 203
 UNREACHABLE = ("connection refused", "connection timed out", "operation timed out", "no route to host",
@@ -110,6 +115,7 @@ class SshTarget(Target):
         self.key = str(Path(key).expanduser()) if key else None
         kh = opts.get("known_hosts") or os.environ.get("POCKETKD_SSH_KNOWN_HOSTS") or None
         self.known_hosts = str(Path(kh).expanduser()) if kh else None
+        self.control: str | None = None  # the ControlMaster's socket while a run holds the connection
 
     # ------------------------------------------------------------------ naming
 
@@ -141,7 +147,43 @@ class SshTarget(Target):
             o += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
             o += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.control:  # multiplexed; ssh falls back to its own connection if the master is gone
+            o += ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}"]
         return o
+
+    @contextmanager
+    def _connection(self, private: Path) -> Iterator[None]:
+        """Log in once: a ControlMaster (``ssh -N -f``) on a socket in ``private`` (a temp dir of mode
+        0700: only we can reach it), which the ``ssh`` and ``scp`` calls inside the block share; closed
+        (``ssh -O exit``) at the end."""
+        socket, errors = private / "control", private / "master.log"
+        master = ["ssh", *self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={socket}",
+                  "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-f", "-p", str(self.port), self._dest()]
+        log.debug("ssh target: %s", " ".join(map(shlex.quote, master)))
+        # the backgrounded master keeps its stderr open: a file, not a pipe we would wait on
+        with open(errors, "w") as err:
+            try:
+                code = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                      timeout=STEP_TIMEOUT).returncode
+            except subprocess.TimeoutExpired:
+                raise TargetError(f"ssh target {self.where}: logging in timed out after {STEP_TIMEOUT}s") from None
+        stderr = errors.read_text()
+        if code != 0 and self._is_transport(stderr):
+            raise self._transport_error(stderr, "logging in")
+        self.control = str(socket) if code == 0 and socket.exists() else None
+        if self.control is None:  # e.g. a client without multiplexing: each step logs in on its own
+            log.warning("ssh target %s: no shared connection (%s); one login per step", self.where,
+                        _tail(stderr, 1) or f"exit {code}")
+        try:
+            yield
+        finally:
+            if self.control:
+                self.control = None
+                try:
+                    self._exec(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "-p", str(self.port),
+                                self._dest()], "closing the connection", 30)
+                except TargetError as exc:
+                    log.warning("ssh target %s: %s", self.where, exc)
 
     def _exec(self, cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
         log.debug("ssh target: %s", " ".join(map(shlex.quote, cmd)))
@@ -149,6 +191,7 @@ class SshTarget(Target):
             return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise TargetError(f"ssh target {self.where}: {what} timed out after {timeout:.0f}s") from None
+
 
     def _ssh(self, remote_cmd: str, what: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
         cmd = ["ssh", *self._options(), "-p", str(self.port), self._dest(), remote_cmd]
@@ -220,45 +263,54 @@ class SshTarget(Target):
                               f"{_tail(proc.stderr or proc.stdout)}")
         return lines[-1]
 
-    def run(self, model: Path, x: np.ndarray, *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
-            max_seconds=None) -> dict:
-        model = self.existing_model(model)
+    def run_many(self, jobs: Sequence[Job], *, threads=1, warmup=50, runs=300, batch=1, timeout=600,
+                 max_seconds=None) -> list[dict | TargetError]:
+        """Every file in one runner process on the device, over one login."""
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise TargetError(f"the ssh target needs the {tool} command here: apt-get install openssh-client")
         if self.key and not Path(self.key).is_file():
             raise TargetError(f"ssh key {self.key} does not exist")
-        runtime = "tflite" if model.suffix == ".tflite" else "onnxruntime"
-        log.info("ssh target %s: benching %s", self.where, model.name)
-        remote = self._probe()
-        try:
-            with tempfile.TemporaryDirectory(prefix="pocketkd-ssh-") as tmp:
-                local = Path(tmp)
-                inputs = local / "inputs.npz"
-                np.savez(inputs, x=np.asarray(x, dtype=np.float32))
-                self._scp([str(RUNNER), str(model), str(inputs)], self._scp_dest(remote + "/"),
-                          "copying runner.py, the model and the inputs")
+        settings = settings_args(threads=threads, warmup=warmup, runs=runs, batch=batch, max_seconds=max_seconds)
+        results = bench_present(jobs, lambda present: self._run_present(present, settings, timeout))
+        for result in results:
+            if isinstance(result, dict):
+                result.update(target=self.label, emulated=self.emulated)
+        return results
+
+    def _run_present(self, present: list[Job], settings: list[str], timeout: float) -> list:
+        log.info("ssh target %s: benching %d file(s) in one process", self.where, len(present))
+        with temp_dir("pocketkd-ssh") as tmp, self._connection(Path(tmp)):
+            local = Path(tmp)
+            files = write_jobs(present, local, ship=True)
+            remote = self._probe()
+            try:
+                self._scp([str(RUNNER), *map(str, files)], self._scp_dest(remote + "/"),
+                          "copying runner.py, the models and the inputs")
                 q = shlex.quote
-                args = runner_args(model.name, "inputs.npz", "result.json", threads=threads, warmup=warmup, runs=runs,
-                                   batch=batch, max_seconds=max_seconds)
-                cmd = f"cd {q(remote)} && {q(self.python)} runner.py {' '.join(map(q, args))}"
-                proc = self._ssh(cmd, f"running {model.name}", timeout=timeout)
-                if proc.returncode == 3 and "missing runtime" in proc.stderr:
-                    raise TargetError(f"{self.python} on {self.where} lacks the runtime for {model.name} "
-                                      f"(runner: {_tail(proc.stderr, 1)}): on the device, {RUNTIME_HINT[runtime]}")
-                if proc.returncode == 127:
-                    raise TargetError(f"no {self.python!r} on {self.where}: install python3 on the device, or "
-                                      f"name the interpreter with ?python=/path/to/python")
-                if proc.returncode != 0:
-                    raise TargetError(f"runner failed on {self.where} for {model.name} (exit {proc.returncode}): "
-                                      f"{_tail(proc.stderr or proc.stdout)}")
-                self._scp([self._scp_dest(remote + "/result.json")], str(local / "result.json"),
-                          "fetching result.json")
-                result = json.loads((local / "result.json").read_text())
-        finally:
-            self._cleanup(remote)
-        result.update(target=self.label, emulated=self.emulated)
-        return result
+                cmd = (f"cd {q(remote)} && : > {RESULTS} && {q(self.python)} runner.py --jobs {JOBS} "
+                       f"{' '.join(map(q, settings))} --json {RESULTS}")
+
+                def launch(first: int) -> Launched:
+                    proc = self._ssh(f"{cmd} --first {first}", f"running {len(present) - first} file(s)",
+                                     timeout=timeout * (len(present) - first))
+                    if proc.returncode == 127:
+                        raise TargetError(f"no {self.python!r} on {self.where}: install python3 on the device, or "
+                                          f"name the interpreter with ?python=/path/to/python")
+                    self._scp([self._scp_dest(f"{remote}/{RESULTS}")], str(local / RESULTS), "fetching the results")
+                    return Launched(proc.returncode, proc.stderr or proc.stdout, read_lines((local / RESULTS).read_text()))
+
+                return run_resumable(len(present), launch, lambda i, code, text: self._error(present, i, code, text))
+            finally:
+                self._cleanup(remote)
+
+    def _error(self, present: list[Job], i: int | None, code: int | None, text: str) -> TargetError:
+        name = present[i].model.name if i is not None else f"{len(present)} file(s)"
+        if code == 3 and "missing runtime" in text:
+            runtime = "tflite" if name.endswith(".tflite") else "onnxruntime"
+            return TargetError(f"{self.python} on {self.where} lacks the runtime for {name} "
+                               f"(runner: error: {text}): on the device, {RUNTIME_HINT[runtime]}")
+        return TargetError(f"runner failed on {self.where} for {name} (exit {code}): {text}")
 
     def _cleanup(self, remote: str) -> None:
         if "pocketkd-bench." not in remote:  # only ever remove what _probe made

@@ -2,14 +2,15 @@
 
 Allowed forms:
 
-- ``host``: this machine, in a fresh Python process (``device_bench.host``);
+- ``host``: this machine, in one fresh Python process for all files (``device_bench.host``);
 - ``qemu-aarch64``: aarch64 Python and runtimes under qemu-user (``device_bench.qemu``);
 - ``ssh://[user@]host[:port][?key=PATH&python=PATH&known_hosts=PATH]``: a device over ssh
   (``device_bench.ssh``).
 
 The base class and the registry are in ``device_bench.target_base``; this module registers the
 built-in targets (``BUILTIN``, in the order error messages list them). Adding a target: a module
-with a ``Target`` subclass that imports only ``target_base``, and one entry in ``BUILTIN``.
+with a ``Target`` subclass (``run`` or ``run_many``) that imports only ``target_base`` (and
+``jobs``), and one entry in ``BUILTIN``.
 """
 
 from __future__ import annotations

@@ -115,6 +115,18 @@ def task_metrics(pred, target, task: str = "regression", abstain: bool = False, 
     return out
 
 
+def minus_floor(results: list[dict]) -> list[dict]:
+    """Bench rows of one target: add ``p50_minus_floor_ms`` to each model's row, its p50 minus the p50
+    of the runtime floor (the one-ReLU ``floor`` row) of the same runtime, i.e. the model's compute
+    with the per-call overhead of Python and the runtime taken out (None without such a floor row)."""
+    floors = {r.get("runtime"): r["latency_ms"]["p50"] for r in results if r["model"] == "floor"}
+    for r in results:
+        if r["model"] != "floor":
+            floor = floors.get(r.get("runtime"))
+            r["p50_minus_floor_ms"] = r["latency_ms"]["p50"] - floor if floor is not None else None
+    return results
+
+
 def require_finite(arr, where: str, hint: str = "", error: type[Exception] | None = None) -> None:
     """Stop where a non-finite value enters: ``error`` (default ``NonFiniteError``, one line, exit 2)
     naming ``where``, how many values and the first one's index."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from device_bench import TargetError, parse_target
+from device_bench.target_base import Job
 from tests.conftest import ROOT, tiny_onnx_model
 
 SSHD = shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/local/sbin")
@@ -117,6 +118,49 @@ def test_ssh_target_benches_a_real_model_and_cleans_up(sshd, tiny):
     assert remote_tmp_dirs() == before  # the remote temp dir is gone
     host_key = (sshd.dir / "host_key.pub").read_text().split()[1]
     assert host_key in (sshd.dir / "known_hosts").read_text()  # accept-new recorded the new host's key
+
+
+def logins(sshd) -> int:
+    """Logins sshd accepted so far (multiplexed sessions over one connection are not logins)."""
+    return (sshd.dir / "sshd.log").read_text().count("Accepted publickey")
+
+
+def master_processes() -> list[str]:
+    """ssh ControlMaster processes of this test process's runs still alive (their socket dir names our pid)."""
+    mark = f"pocketkd-ssh-pid{os.getpid()}-"
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if mark in text and "ControlMaster=yes" in text:
+            found.append(text)
+    return found
+
+
+def test_many_files_over_one_login(sshd, tiny, tmp_path):
+    """Five files (two with the same name, one broken, one missing): one login, one runner call,
+    each file's own result or error, the remote temp dir and the shared connection gone after."""
+    path, x, ref = tiny
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / path.name
+    shutil.copy(path, twin)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    jobs = [Job(path, x), Job(broken, x), Job(twin, x[:7]), Job(tmp_path / "missing.onnx", x), Job(path, x[:3])]
+    before, dirs = logins(sshd), remote_tmp_dirs()
+    results = parse_target(sshd.spec).run_many(jobs, runs=5, warmup=1)
+    time.sleep(0.2)  # sshd writes its log line before serving; this is only slack for the file
+    assert logins(sshd) - before == 1  # today's per-file way was ~5 logins per file
+    ok = [results[i] for i in (0, 2, 4)]
+    assert all(isinstance(r, dict) and r["target"] == parse_target(sshd.spec).label for r in ok)
+    assert [len(r["outputs"]) for r in ok] == [len(x), 7, 3] and all(r["model"] == "tiny.onnx" for r in ok)
+    np.testing.assert_allclose(np.asarray(ok[0]["outputs"]), ref, atol=1e-5)
+    assert len({r["platform"]["python"] for r in ok}) == 1
+    assert isinstance(results[1], TargetError) and "broken.onnx" in str(results[1]) and "exit 2" in str(results[1])
+    assert isinstance(results[3], TargetError) and "missing.onnx does not exist" in str(results[3])
+    assert remote_tmp_dirs() == dirs and master_processes() == []
 
 
 def test_cli_benches_over_ssh(sshd, tiny, tmp_path):

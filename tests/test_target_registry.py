@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from device_bench.host import run_local_runner
-from device_bench.target_base import Target, TargetError, register_target, unregister_target
+from device_bench.target_base import Job, Target, TargetError, register_target, unregister_target
 from device_bench.targets import BUILTIN, TARGETS, allowed_forms, parse_target
 from tests.conftest import tiny_onnx_model
 from tests.import_graph import circles, graph
@@ -56,6 +56,23 @@ def test_a_target_registered_from_a_test_file_benches_a_real_model(test_local, t
     assert allowed_forms().endswith(", test-local")  # error messages and --help list it
     with pytest.raises(TargetError, match="written exactly 'test-local'; allowed: host, .*test-local"):
         parse_target("test-local://x")
+
+
+def test_a_target_with_only_run_benches_a_list_file_by_file(test_local, tmp_path):
+    """``run_many``'s default loops over ``run``, so a target that implements only ``run`` works in the
+    bench stage; a failing file is an error in its place, not the end of the list."""
+    path, x, ref = tiny_onnx_model(tmp_path)
+    results = parse_target("test-local").run_many([Job(path, x), Job(tmp_path / "nope.onnx", x), Job(path, x[:3])],
+                                                  runs=3, warmup=0)
+    assert isinstance(results[1], TargetError) and "does not exist" in str(results[1])
+    assert [len(r["outputs"]) for r in (results[0], results[2])] == [len(x), 3]
+    np.testing.assert_allclose(np.asarray(results[0]["outputs"]), ref, atol=1e-5)
+
+    class Neither(Target):
+        scheme = "neither"
+
+    with pytest.raises(NotImplementedError, match="implements neither run nor run_many"):
+        Neither("neither").run(path, x)
 
 
 def test_unregistered_and_duplicate_schemes(test_local):
