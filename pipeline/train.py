@@ -74,12 +74,16 @@ def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> Non
                              "(teacher.train.lr / distill.train.lr) or rescale the data")
 
 
+PROGRESS_EVERY = 30.0  # seconds between progress lines when no bar is shown
+
+
 class Heartbeat:
     """Progress when no bar is shown (a log file, CI, nohup): one line every ``every`` seconds with the
     epoch, losses, best epoch and an upper bound of the time left (every remaining epoch run)."""
 
-    def __init__(self, desc: str, epochs: int, enabled: bool, every: float = 30.0):
-        self.desc, self.epochs, self.enabled, self.every = desc, epochs, enabled, every
+    def __init__(self, desc: str, epochs: int, enabled: bool, every: float | None = None):
+        self.desc, self.epochs, self.enabled = desc, epochs, enabled
+        self.every = PROGRESS_EVERY if every is None else every
         self.t0 = self.last = time.perf_counter()
 
     def epoch_done(self, epoch: int, hist: History) -> None:
