@@ -1,5 +1,7 @@
 """One training loop for teachers and students: Adam, shuffled mini-batches, early stopping on a
-validation loss, best weights restored, tqdm bar over epochs (shown on a terminal only).
+validation loss, best weights restored, a tqdm bar over epochs on a terminal and a progress line
+with the time left every 30 s otherwise. ``batch_size: auto`` and ``max_steps`` make the defaults
+scale with the data: a big table gets bigger batches and a step budget instead of 300 long epochs.
 
 Under ``torchrun`` (see ``pipeline.distributed`` and docs/DISTRIBUTED.md) the same loop runs on every
 rank: the model is wrapped in DistributedDataParallel, every global batch (the same batches as one
@@ -22,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import distributed
-from pipeline.options import TrainConfig
+from pipeline.errors import NonFiniteError
+from pipeline.options import TrainConfig, batch_size_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ class History:
     epochs_run: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    batch_size: int = 0  # as used (``auto`` resolved for the number of training rows)
+    steps: int = 0  # optimizer steps taken
+    stopped_by: str = ""  # "patience", "max_steps", "time_budget" or "" (ran every epoch)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -63,11 +69,36 @@ def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> Non
     """A NaN or infinite loss stops training where it appears (NaN compares false, so it would otherwise
     never become the best epoch and the run would go on with the last finite weights, silently)."""
     if not (math.isfinite(train) and math.isfinite(val)):
-        from pipeline.errors import NonFiniteError
-
         raise NonFiniteError(f"{desc}: loss is not finite at epoch {epoch + 1} (train {train}, validation {val}); "
                              "training diverged or the data holds extreme values: lower the learning rate "
                              "(teacher.train.lr / distill.train.lr) or rescale the data")
+
+
+PROGRESS_EVERY = 30.0  # seconds between progress lines when no bar is shown
+
+
+class Heartbeat:
+    """Progress when no bar is shown (a log file, CI, nohup): one line every ``every`` seconds with the
+    epoch, losses, best epoch and an upper bound of the time left (every remaining epoch run)."""
+
+    def __init__(self, desc: str, epochs: int, enabled: bool, every: float | None = None):
+        self.desc, self.epochs, self.enabled = desc, epochs, enabled
+        self.every = PROGRESS_EVERY if every is None else every
+        self.t0 = self.last = time.perf_counter()
+
+    def epoch_done(self, epoch: int, hist: History) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.every:
+            return
+        self.last = now
+        per_epoch = (now - self.t0) / (epoch + 1)
+        log.info("%s: epoch %d/%d, train %.5f, val %.5f, best epoch %d, %.1fs/epoch, at most %s left",
+                 self.desc, epoch + 1, self.epochs, hist.train_loss[-1], hist.val_loss[-1], hist.best_epoch + 1,
+                 per_epoch, _duration(per_epoch * (self.epochs - epoch - 1)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @torch.no_grad()
@@ -125,18 +156,22 @@ def fit(
         net = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    hist = History()
+    batch_size = batch_size_for(cfg, n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / steps_per_epoch))
+    hist = History(batch_size=batch_size)
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", leave=False, disable=None if rank == 0 else True)
+    bar = tqdm(range(epochs), desc=desc, unit="ep", leave=False, disable=None if rank == 0 else True)
+    progress = Heartbeat(desc, epochs, enabled=rank == 0 and bar.disable)  # log lines when there is no bar
     for epoch in bar:
         net.train()
         perm = torch.randperm(n, generator=gen)  # the same on every rank: same seed, same generator
         if world > 1:
-            batches = distributed.shard_batches(perm, cfg.batch_size, rank, world)
+            batches = distributed.shard_batches(perm, batch_size, rank, world)
         else:
-            batches = (perm[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size))
+            batches = (perm[i : i + batch_size] for i in range(0, n, batch_size))
         running, seen = 0.0, 0
         for idx in batches:
             if len(idx) < 2 and has_batchnorm:  # batch norm cannot normalise one sample in training mode
@@ -146,6 +181,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            hist.steps += 1
             running += float(loss.detach()) * idx.numel()
             seen += idx.numel()
         if world > 1:
@@ -163,8 +199,15 @@ def fit(
         else:
             since_best += 1
         bar.set_postfix(train=f"{hist.train_loss[-1]:.4f}", val=f"{val_loss:.4f}", best=hist.best_epoch)
+        progress.epoch_done(epoch, hist)
         if since_best >= cfg.patience:
-            hist.stopped_early = True
+            hist.stopped_early, hist.stopped_by = True, "patience"
+            break
+        if cfg.max_steps is not None and hist.steps >= cfg.max_steps:
+            hist.stopped_by = "max_steps"
+            break
+        if cfg.time_budget is not None and time.perf_counter() - t0 >= cfg.time_budget:
+            hist.stopped_by = "time_budget"
             break
     bar.close()
     del net
@@ -172,13 +215,15 @@ def fit(
     model.eval()
     hist.seconds = time.perf_counter() - t0
     log.info(
-        "%s: best epoch %d of %d, val loss %.5f, %.1fs%s%s",
+        "%s: best epoch %d of %d, val loss %.5f, %.1fs%s%s%s",
         desc,
         hist.best_epoch + 1,
         hist.epochs_run,
         hist.best_val,
         hist.seconds,
         " (early stop)" if hist.stopped_early else "",
+        f" (stopped by {hist.stopped_by.replace('_', ' ')}: {hist.steps} steps)"
+        if hist.stopped_by in ("max_steps", "time_budget") else "",
         f" ({world} processes)" if world > 1 else "",
     )
     return hist
