@@ -22,7 +22,7 @@ class TrainConfig(Strict):
         "auto", description="mini-batch size; auto: 128 up to 16k training rows, then doubling with the rows "
         "(128 x 2^floor(log2(rows / 8192))) up to 1024, so an epoch stays ~50-130 steps on big tables")
     max_steps: int | None = Field(
-        20000, ge=1, description="at most this many optimizer steps (an epoch cap that scales with the data: "
+        6000, ge=1, description="at most this many optimizer steps (an epoch cap that scales with the data: "
         "the 2,000-row toy never reaches it); null: epochs alone")
     time_budget: float | None = Field(
         None, gt=0, description="stop after the epoch that passes this many seconds, keeping the best weights "
