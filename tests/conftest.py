@@ -55,3 +55,28 @@ def e2e_run(tmp_path_factory, small_config_file):
     proc = run_cli("run", "--config", small_config_file, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
+
+
+# --------------------------------------------------------------------------- parallel runs (pytest-xdist)
+#
+# `python -m pytest -n auto --dist loadgroup` (the README's test command) runs the suite on several
+# worker processes. Module- and session-scoped fixtures are computed once per worker that needs them,
+# so every test using one of the expensive run fixtures below is put in one xdist group: the group
+# runs on a single worker and the fixture is computed once, as in a run without xdist (-n 0).
+SHARED_RUNS = ("e2e_run", "pose_run", "cls_run", "csv_run", "sorted_run", "two_runs", "exported")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU this process may use, at most 4 (the suite's longest group,
+    the end-to-end run and its tests, bounds the wall time beyond that)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_RUNS:
+            if name in item.fixturenames:
+                param = getattr(item, "callspec", None) and item.callspec.params.get(name)
+                item.add_marker(pytest.mark.xdist_group(f"{name}-{param}" if param else name))
+                break
