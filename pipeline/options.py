@@ -7,7 +7,7 @@ Every section of the config (and every method's options, which live next to the 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,7 @@ class Strict(BaseModel):
 
 class TrainConfig(Strict):
     epochs: int = Field(300, ge=1, description="maximum epochs")
-    batch_size: int | Literal["auto"] = Field(
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="mini-batch size; auto: 128 up to 16k training rows, then doubling with the rows "
         "(128 x 2^floor(log2(rows / 8192))) up to 1024, so an epoch stays ~50-130 steps on big tables")
     max_steps: int | None = Field(
