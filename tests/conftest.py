@@ -126,10 +126,12 @@ def pytest_xdist_auto_num_workers(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """Controller: tell each worker where to write its groups."""
+    """Controller, `--dist loadgroup`: tell each worker where to write its groups."""
     import tempfile
 
     config = node.config
+    if config.getvalue("dist") != "loadgroup":
+        return
     if not hasattr(config, "_pocketkd_groups_dir"):
         config._pocketkd_groups_dir = tempfile.mkdtemp(prefix="pytest-xdist-groups-")
     node.workerinput["pocketkd_groups_dir"] = config._pocketkd_groups_dir
@@ -161,7 +163,11 @@ def pytest_xdist_make_scheduler(config, log):
                 self._groups = {}
                 for f in sorted(Path(config._pocketkd_groups_dir).glob("*.json")):
                     self._groups.update(json.loads(f.read_text()))
-            return self._groups.get(nodeid, nodeid)
+            if nodeid in self._groups:
+                return self._groups[nodeid]
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # a pytest-xdist that can mark node ids again
+                return nodeid.split("@")[-1]
+            return nodeid
 
     config.option.loadscopereorder = False  # keep the longest-first order (it would sort by test count)
     return SharedRunScheduling(config, log)
@@ -180,7 +186,8 @@ def pytest_collection_modifyitems(config, items):
     first = {}
     for i, u in enumerate(unit):
         first.setdefault(u, i)
-    seconds = [EXPECTED_SECONDS.get(groups.get(item.nodeid) or item.originalname, 0) for item in items]
+    seconds = [EXPECTED_SECONDS.get(groups.get(item.nodeid) or getattr(item, "originalname", item.name), 0)
+               for item in items]
     order = sorted(range(len(items)), key=lambda i: (-seconds[i], first[unit[i]], i))
     items[:] = [items[i] for i in order]
     out = Path(workerinput["pocketkd_groups_dir"]) / f"{workerinput['workerid']}.json"
