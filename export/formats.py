@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,11 +27,11 @@ import torch
 from torch import nn
 
 from device_bench.runner import load_model, predict_all
-from export import ort_tools
+from export import converter, ort_tools
 from export.calibration import calibration_indices, describe as describe_calibration
 from export.format_table import FORMAT_TABLE
 from export.int8_arith import exact_outputs, host_int8_profile
-from export.onnx_export import INPUT_NAME, export_onnx, graph_io, to_fp16
+from export.onnx_export import INPUT_NAME, export_cached, export_onnx, graph_io, to_fp16
 from export.quantize import quantize_int8_dynamic, quantize_int8_static
 from export.tflite import non_builtin_ops, onnx_to_tflite, tflite_ops
 from export.xnnpack import xnnpack_delegation
@@ -60,8 +61,9 @@ class ExportJob:
     angles: bool = False  # regression outputs are (pitch, yaw) radians: angular error is reported
     output_names: list[str] = field(default_factory=list)
     tflite_variants: tuple[str, ...] = ("fp32", "fp16")  # what one onnx2tf run should write
-    _tflite: dict[str, Path] | Exception | None = None
+    _tflite: dict[str, Path] | Future | Exception | None = None
     _ort: dict[str, Path] | None = None
+    _base: Path | None = field(default=None, init=False, repr=False)
 
     def file(self, fmt: Format) -> Path:
         return self.out_dir / fmt.file.format(stem=self.stem)
@@ -91,13 +93,17 @@ class ExportJob:
 
 
 def _base_onnx(job: ExportJob) -> Path:
-    path = job.file(FORMATS["onnx_fp32"])
-    if not path.exists():
-        _make_onnx(job, FORMATS["onnx_fp32"])
-    return path
+    """The job's fp32 ONNX (every other format is made from it), exported once per job."""
+    if job._base is None:
+        fmt = FORMATS["onnx_fp32"]
+        job._base = export_onnx(job.model, job.file(fmt), job.input_shape, job.cfg.opset, job.cfg.simplify,
+                                job.metadata, batch=job.batch)
+    return job._base
 
 
 def _make_onnx(job: ExportJob, fmt: Format) -> Path:
+    if fmt.name == "onnx_fp32":
+        return _base_onnx(job)
     return export_onnx(job.model, job.file(fmt), job.input_shape, job.cfg.opset, job.cfg.simplify, job.metadata,
                        batch=job.batch)
 
@@ -133,15 +139,36 @@ def _make_ort(job: ExportJob, fmt: Format) -> Path:
     return job._ort[src]
 
 
+def _convert_tflite(job: ExportJob) -> dict[str, Path]:
+    calib = job.calib
+    if calib.ndim == 4:  # TFLite is NHWC: representative data in that layout
+        calib = calib.transpose(0, 2, 3, 1)
+    return onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib,
+                          prepare=job.cfg.int8.prepare)
+
+
+def prefetch_tflite(job: ExportJob, names: list[str]) -> None:
+    """Start the job's TFLite conversion on the current converter's background thread, so the ONNX
+    and ORT rows are made and checked while the converter child works. A student the conversion
+    cache has not seen starts the child first: TensorFlow imports while PyTorch exports."""
+    job.tflite_variants = tuple(FORMATS[n].variant for n in names if FORMATS[n].variant)
+    conv = converter.current()
+    if not job.tflite_variants or conv is None or job._tflite is not None:
+        return
+    if not export_cached(job.model, job.input_shape, job.cfg.opset):
+        conv.start()
+    try:
+        _base_onnx(job)
+    except Exception:  # reported by the rows that need the file
+        return
+    job._tflite = conv.submit(_convert_tflite, job)
+
+
 def _make_tflite(job: ExportJob, fmt: Format) -> Path:
-    """One onnx2tf run writes every TFLite variant the job asks for; a failure is kept, not retried."""
-    if job._tflite is None:
-        calib = job.calib
-        if calib.ndim == 4:  # TFLite is NHWC: representative data in that layout
-            calib = calib.transpose(0, 2, 3, 1)
+    """One conversion writes every TFLite variant the job asks for; a failure is kept, not retried."""
+    if job._tflite is None or isinstance(job._tflite, Future):  # not started yet, or under way
         try:
-            job._tflite = onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib,
-                                         prepare=job.cfg.int8.prepare)
+            job._tflite = job._tflite.result() if job._tflite is not None else _convert_tflite(job)
         except Exception as exc:
             job._tflite = exc
     if isinstance(job._tflite, Exception):
@@ -331,7 +358,12 @@ def _exact_source(job: ExportJob, fmt: Format, path: Path) -> Path:
 
 def export_all(job: ExportJob, names: list[str]) -> list[dict]:
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    job.tflite_variants = tuple(FORMATS[n].variant for n in names if FORMATS[n].variant)
+    with converter.session():  # the caller's converter child, or one for this job
+        prefetch_tflite(job, names)
+        return _export_rows(job, names)
+
+
+def _export_rows(job: ExportJob, names: list[str]) -> list[dict]:
     rows = []
     for name in names:
         fmt = FORMATS[name]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export import ExportJob, export_all
+from export import conversion_cache, converter
+from export.formats import ExportJob, export_all, prefetch_tflite
 from export.android import write_bundle
 from export.format_table import REFERENCE
 from export.checks import add_file_checks, non_finite_rows
@@ -102,27 +103,42 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
 
     result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump(),
               "host_int8": host_int8_profile()}
-    student_job = job("student.pt", "student", out_dir, None)
-    result["calibration"] = student_job.calibration_info()
-    result["formats"] = export_all(student_job, formats)
-    teacher_info = json.loads((run_dir / "teacher.json").read_text())
-    if teacher_info.get("model_file") == "teacher_given.onnx":
-        result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
-    else:
-        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
-    groups = [(out_dir, result["formats"])]
-    if android:
-        a = cfg.export.android
-        bundle_dir = out_dir / "android"
-        rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
-        groups.append((bundle_dir, rows))
-        result["android"] = rows
-    _file_checks(groups)
+    before = conversion_counts()
+    with converter.session():  # one converter child for every TFLite conversion and check of this export
+        student_job = job("student.pt", "student", out_dir, None)
+        prefetch_tflite(student_job, formats)  # converts in the background from here on
+        if android:
+            a = cfg.export.android
+            bundle_dir = out_dir / "android"
+            bundle_job = job("student.pt", "student", bundle_dir, a.batch)
+            prefetch_tflite(bundle_job, list(a.formats))
+        result["calibration"] = student_job.calibration_info()
+        result["formats"] = export_all(student_job, formats)
+        teacher_info = json.loads((run_dir / "teacher.json").read_text())
+        if teacher_info.get("model_file") == "teacher_given.onnx":
+            result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
+        else:
+            result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
+        groups = [(out_dir, result["formats"])]
+        if android:
+            rows = export_all(bundle_job, list(a.formats))
+            groups.append((bundle_dir, rows))
+            result["android"] = rows
+        _file_checks(groups)
+    result["conversions"] = conversion_counts(before)
     if android:
         write_bundle(bundle_dir, result["android"], export_metadata(cfg, splits, cfg.export.android.batch))
     if rewrites:
         result["deploy_rewrites"] = rewrites
     return result
+
+
+def conversion_counts(since: dict | None = None) -> dict:
+    """Conversions answered by the cache, made (and stored), damaged entries re-made, converter
+    children started: in this process, or since ``since``."""
+    now = {"cache_hits": conversion_cache.STATS["hits"], "made": conversion_cache.STATS["made"],
+           "cache_damaged": conversion_cache.STATS["corrupt"], "converter_children": converter.STARTS}
+    return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
 
 
 def _file_checks(groups: list[tuple[Path, list[dict]]]) -> None:
