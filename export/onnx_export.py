@@ -1,5 +1,10 @@
 """torch -> ONNX with the dynamo exporter (named input/output, dynamic or fixed batch), then onnxsim;
-and the ONNX-to-ONNX variants: fp16 and fixed-batch copies."""
+and the ONNX-to-ONNX variants: fp16 and fixed-batch copies.
+
+Both the dynamo export and the finished graph (batch fixed, simplified; before the metadata, which
+holds the config hash) go through the conversion cache, keyed by ``export.fingerprint``: the fixed-
+shape bundle reuses the dynamic export of the same student, and a run whose student did not change
+imports neither the exporter nor onnxsim."""
 
 from __future__ import annotations
 
@@ -41,30 +46,49 @@ def export_onnx(
     ``batch=None`` leaves the batch axis symbolic (``batch``); an int fixes it (mobile delegates
     such as NNAPI only take fixed shapes)."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-    proto = dynamo_export(model, shape, opset)
-    if batch is not None:
-        proto = fix_batch(proto, batch)
-    if simplify:
-        import onnxsim
-
-        simplified, ok = onnxsim.simplify(proto)
-        if ok:
-            proto = simplified
-            # onnxsim records its own run in ~20 metadata_props keys (onnxsim.*): bookkeeping a phone
-            # app never reads, ~0.6 kB in every file (and in each .ort made from it)
-            kept = [p for p in proto.metadata_props if not p.key.startswith("onnxsim.")]
-            del proto.metadata_props[:]
-            proto.metadata_props.extend(kept)
-        else:
-            log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
+    proto = _graph(model.eval(), shape, opset, simplify, batch)
     set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto)
     return save_proto(proto, path)
 
 
-def _export_key(model: nn.Module, shape: tuple[int, ...], opset: int) -> tuple[str, dict]:
-    return cc.make_key("torch.onnx", {"model": model_fingerprint(model)}, {"input_shape": list(shape), "opset": opset},
-                       cc.versions(*TOOLS), cc.source_hash(__file__, fingerprint))
+def _graph(model: nn.Module, shape: tuple[int, ...], opset: int, simplify: bool, batch: int | None) -> onnx.ModelProto:
+    """The exported graph before metadata: the dynamo export, the batch axis fixed, onnxsim; through
+    the conversion cache (a hit imports neither the exporter nor onnxsim)."""
+    fp = model_fingerprint(model)
+    key, parts = cc.make_key("onnx_graph", {"model": fp},
+                             {"input_shape": list(shape), "opset": opset, "simplify": simplify, "batch": batch},
+                             cc.versions(*TOOLS, "onnxsim", "onnxruntime"), cc.source_hash(__file__, fingerprint))
+    cache = cc.ConversionCache()
+    with tempfile.TemporaryDirectory(prefix="pocketkd-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        if cache.fetch(key, {"model.onnx": path}) is not None:
+            return onnx.load(str(path))
+        proto = dynamo_export(model, shape, opset, fp)
+        if batch is not None:
+            proto = fix_batch(proto, batch)
+        if simplify:
+            import onnxsim
+
+            simplified, ok = onnxsim.simplify(proto)
+            if ok:
+                proto = simplified
+                # onnxsim records its own run in ~20 metadata_props keys (onnxsim.*): bookkeeping a phone
+                # app never reads, ~0.6 kB in every file (and in each .ort made from it)
+                kept = [p for p in proto.metadata_props if not p.key.startswith("onnxsim.")]
+                del proto.metadata_props[:]
+                proto.metadata_props.extend(kept)
+            else:
+                log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
+        path.write_bytes(proto.SerializeToString())
+        cache.store(key, parts, {"model.onnx": path})
+    return proto
+
+
+def _export_key(model: nn.Module, shape: tuple[int, ...], opset: int, fp: str | None = None) -> tuple[str, dict]:
+    return cc.make_key("torch.onnx", {"model": fp or model_fingerprint(model)},
+                       {"input_shape": list(shape), "opset": opset}, cc.versions(*TOOLS),
+                       cc.source_hash(__file__, fingerprint))
 
 
 def export_cached(model: nn.Module, input_shape: int | Sequence[int], opset: int = 18) -> bool:
@@ -74,12 +98,12 @@ def export_cached(model: nn.Module, input_shape: int | Sequence[int], opset: int
     return cache.enabled and (cache.dir / _export_key(model.eval(), shape, opset)[0] / "entry.json").is_file()
 
 
-def dynamo_export(model: nn.Module, shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
+def dynamo_export(model: nn.Module, shape: tuple[int, ...], opset: int, fp: str | None = None) -> onnx.ModelProto:
     """The dynamo exporter's graph (symbolic batch axis ``batch``), through the conversion cache: a
     model already exported, here or by another run (or the same student for the Android bundle),
     costs no export, nor the import of the exporter."""
     model = model.eval()
-    key, parts = _export_key(model, shape, opset)
+    key, parts = _export_key(model, shape, opset, fp)
     cache = cc.ConversionCache()
     with tempfile.TemporaryDirectory(prefix="pocketkd-export-") as tmp:
         path = Path(tmp) / "model.onnx"
