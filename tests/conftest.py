@@ -1,12 +1,22 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The conversion cache (export/conversion_cache.py) of a test session is its own, empty at the start
+# (the CLI runs it starts inherit it): the tests convert for real and leave the user's cache alone.
+if "POCKETKD_CONVERSION_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="pocketkd-test-conversions-")
+    os.environ["POCKETKD_CONVERSION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 # A reduced run: same stages and code paths as the default, sized for a test suite.
 SMALL = {
@@ -35,8 +45,8 @@ def tiny_onnx_model(directory, seed=0, rows=50):
     return path, x, ref
 
 
-def run_cli(*args, cwd=None, timeout=900):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(*args, cwd=None, timeout=900, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
