@@ -36,7 +36,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.io import atomic_copy, sha256_file
+from pipeline.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class ConversionCache:
             entry = json.loads((entry_dir / ENTRY).read_text())
             files = entry["files"]
             for name, target in dest.items():
-                copied = atomic_copy(entry_dir / name, target)
+                copied = _copy(entry_dir / name, target)
                 if sha256_file(copied) != files[name]["sha256"]:
                     raise ValueError(f"{name}: sha256 does not match {ENTRY}")
         except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -141,7 +141,7 @@ class ConversionCache:
         try:
             listed = {}
             for name, src in files.items():
-                atomic_copy(src, tmp / name)
+                _copy(src, tmp / name)
                 listed[name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
             entry = {"kind": parts.get("kind"), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "parts": parts, "files": listed, "result": result or {}}
@@ -202,6 +202,22 @@ class ConversionCache:
     def _count(what: str) -> None:
         with _LOCK:
             STATS[what] += 1
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """Copy through a temp file renamed over ``dst``: a reader never sees half a file. (Not
+    ``pipeline.io.atomic_copy``, which writes only on rank 0 under torchrun: the cache is the machine's.)"""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
 
 
 def _valid(entry_dir: Path) -> bool:

@@ -109,9 +109,10 @@ def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: d
 
 
 def _tidy(model: bytes, like: bytes) -> bytes:
-    """The int8-I/O model as the converter itself writes it: I/O tensors named as in ``like`` (the
-    float-I/O int8 model), no operator codes of the removed QUANTIZE/DEQUANTIZE ops, no buffers that
-    no tensor uses. The arithmetic is untouched (same ops, weights, scales and zero points)."""
+    """The int8-I/O model laid out as the converter itself writes it (the same size): I/O tensors
+    named as in ``like`` (the float-I/O int8 model), the graph inputs the first tensors, no operator
+    codes of the removed QUANTIZE/DEQUANTIZE ops, no buffers that no tensor uses. The arithmetic is
+    untouched (same ops, weights, scales and zero points)."""
     from tensorflow.lite.tools import flatbuffer_utils as fb
 
     ref = fb.convert_bytearray_to_object(like).subgraphs[0]
@@ -120,6 +121,18 @@ def _tidy(model: bytes, like: bytes) -> bytes:
     for ours, theirs in ((g.inputs, ref.inputs), (g.outputs, ref.outputs)):
         for i, j in zip(ours, theirs):
             g.tensors[i].name = ref.tensors[j].name
+    first = [int(i) for i in g.inputs] if len(m.subgraphs) == 1 else []  # signatures index subgraph 0
+    order = first + [i for i in range(len(g.tensors)) if i not in first]
+    new = {old: n for n, old in enumerate(order)}
+    g.tensors = [g.tensors[i] for i in order]
+    for op in g.operators:
+        op.inputs = np.array([new[int(i)] if i >= 0 else i for i in op.inputs], np.int32)  # -1: optional input
+        op.outputs = np.array([new[int(i)] for i in op.outputs], np.int32)
+    g.inputs = np.array([new[int(i)] for i in g.inputs], np.int32)
+    g.outputs = np.array([new[int(i)] for i in g.outputs], np.int32)
+    for sig in m.signatureDefs or []:
+        for t in [*sig.inputs, *sig.outputs]:
+            t.tensorIndex = new[t.tensorIndex]
     used = sorted({op.opcodeIndex for sg in m.subgraphs for op in sg.operators})
     m.operatorCodes = [m.operatorCodes[i] for i in used]
     for sg in m.subgraphs:
