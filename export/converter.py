@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,8 +159,17 @@ class Converter:
             return self._pool.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
+        """End the child: gracefully when idle; killed at once when a request is under way (the
+        block ended by an error or Ctrl-C), so the waiting thread gets its answer (an error) now."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+        elif (proc := self._proc) is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:

@@ -3,6 +3,7 @@ entries, races), the converter child, and the export stage run twice with only e
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,12 @@ import pytest
 from export import conversion_cache as cc
 from export import converter
 from export.conversion_cache import ConversionCache
+from export.tflite import onnx_to_tflite, tensorflow_load_check
+from pipeline.config import load_config
+from pipeline.config.slice import ConfigSlice
+from pipeline.stages import STAGES
+from pipeline.stages.export import export_student
+from tests.conftest import run_cli, tiny_onnx_model
 
 
 def _key(name="x"):
@@ -118,8 +125,6 @@ def test_cache_location_and_off_switch(monkeypatch, tmp_path):
 
 
 def test_cache_command_shows_and_clears(tmp_path):
-    from tests.conftest import run_cli
-
     cache = ConversionCache(tmp_path / "cache")
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 2000)
@@ -136,15 +141,11 @@ def test_cache_command_shows_and_clears(tmp_path):
 
 
 def _tiny_onnx(tmp_path):
-    from tests.conftest import tiny_onnx_model
-
     path, x, _ = tiny_onnx_model(tmp_path)
     return path, x
 
 
 def test_a_damaged_conversion_is_made_again_by_the_same_child(tmp_path, monkeypatch):
-    from export.tflite import onnx_to_tflite, tensorflow_load_check
-
     monkeypatch.setenv("POCKETKD_CONVERSION_CACHE", str(tmp_path / "cache"))
     src, x = _tiny_onnx(tmp_path)
     starts = converter.STARTS
@@ -173,6 +174,22 @@ def test_a_damaged_conversion_is_made_again_by_the_same_child(tmp_path, monkeypa
                           np.frombuffer(reference["int8"], np.uint8))
 
 
+def test_an_error_in_the_session_ends_the_child_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETKD_CONVERSION_CACHE", "off")  # really convert
+    src, _ = _tiny_onnx(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with converter.session() as conv:
+            future = conv.submit(onnx_to_tflite, src, tmp_path / "out", "tiny", ("fp32",))
+            time.sleep(1)  # the child is importing TensorFlow, the background thread waits on it
+            proc = conv._proc
+            raise KeyboardInterrupt
+    assert time.monotonic() - t0 < 15  # not the minute an import and a conversion take on 2 loaded cores
+    assert proc.poll() is not None  # killed, not left behind
+    with pytest.raises(RuntimeError, match="converter child failed"):
+        future.result()
+
+
 # ---------------------------------------------------------------------------- the export stage, twice
 
 LIMIT_FIELDS = {"rmse_ratio_limit", "accuracy_drop_limit", "status", "error"}
@@ -190,11 +207,6 @@ def _comparable(row, section):
 
 @pytest.mark.slow
 def test_export_twice_second_time_only_limits_changed_converts_nothing(e2e_run, tmp_path, monkeypatch):
-    from pipeline.config import load_config
-    from pipeline.config.slice import ConfigSlice
-    from pipeline.stages import STAGES
-    from pipeline.stages.export import export_student
-
     monkeypatch.setenv("POCKETKD_CONVERSION_CACHE", str(tmp_path / "cache"))  # empty: the first export converts
     run_dir, _ = e2e_run
     declared = next(s for s in STAGES if s.name == "export").config
