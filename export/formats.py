@@ -9,6 +9,9 @@ file in its runtime on the evaluation inputs, runs the format's own checks (ORT'
 usability checker for ONNX, builtin-ops-only for TFLite) and records one row of results. A strict
 row that fails, or that could not be written, raises ``ParityError`` after every row was tried;
 any other failure is a row marked ``failed`` / ``over_limit`` / ``export_failed``, never dropped.
+``export_rows`` is the same without the raise (``raise_on_strict`` does it), for a caller that
+makes a job's rows in more than one call; ``prefetch_tflite`` starts a job's TFLite conversion on
+the converter child (``export.converter``) so the other rows are made and checked meanwhile.
 """
 
 from __future__ import annotations
