@@ -1,11 +1,17 @@
 """torch -> ONNX with the dynamo exporter (named input/output, dynamic or fixed batch), then onnxsim;
-and the ONNX-to-ONNX variants: fp16 and fixed-batch copies."""
+and the ONNX-to-ONNX variants: fp16 and fixed-batch copies.
+
+Both the dynamo export and the finished graph (batch fixed, simplified; before the metadata, which
+holds the config hash) go through the conversion cache, keyed by ``export.fingerprint``: the fixed-
+shape bundle reuses the dynamic export of the same student, and a run whose student did not change
+imports neither the exporter nor onnxsim."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +19,9 @@ import onnx
 import torch
 from torch import nn
 
+from export import conversion_cache as cc
+from export import fingerprint
+from export.fingerprint import model_fingerprint
 from pipeline.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -20,6 +29,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 BATCH_DIM = "batch"
+TOOLS = ("torch", "onnx", "onnxscript", "numpy")
 
 
 def export_onnx(
@@ -36,43 +46,90 @@ def export_onnx(
     ``batch=None`` leaves the batch axis symbolic (``batch``); an int fixes it (mobile delegates
     such as NNAPI only take fixed shapes)."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-    model = model.eval()
-    example = (torch.zeros(2, *shape),)
-    dim = torch.export.Dim(BATCH_DIM, min=1, max=1 << 20)
-    # the exporter reports progress and "torchvision is not installed" through its own loggers
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        program = torch.onnx.export(
-            model,
-            example,
-            None,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes=({0: dim},),
-            dynamo=True,
-            external_data=False,
-        )
-    proto = program.model_proto
-    if batch is not None:
-        proto = fix_batch(proto, batch)
-    if simplify:
-        import onnxsim
-
-        simplified, ok = onnxsim.simplify(proto)
-        if ok:
-            proto = simplified
-            # onnxsim records its own run in ~20 metadata_props keys (onnxsim.*): bookkeeping a phone
-            # app never reads, ~0.6 kB in every file (and in each .ort made from it)
-            kept = [p for p in proto.metadata_props if not p.key.startswith("onnxsim.")]
-            del proto.metadata_props[:]
-            proto.metadata_props.extend(kept)
-        else:
-            log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
+    proto = _graph(model.eval(), shape, opset, simplify, batch)
     set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto)
     return save_proto(proto, path)
+
+
+def _graph(model: nn.Module, shape: tuple[int, ...], opset: int, simplify: bool, batch: int | None) -> onnx.ModelProto:
+    """The exported graph before metadata: the dynamo export, the batch axis fixed, onnxsim; through
+    the conversion cache (a hit imports neither the exporter nor onnxsim)."""
+    fp = model_fingerprint(model)
+    key, parts = cc.make_key("onnx_graph", {"model": fp},
+                             {"input_shape": list(shape), "opset": opset, "simplify": simplify, "batch": batch},
+                             cc.versions(*TOOLS, "onnxsim", "onnxruntime"), cc.source_hash(__file__, fingerprint))
+    cache = cc.ConversionCache()
+    with tempfile.TemporaryDirectory(prefix="pocketkd-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        if cache.fetch(key, {"model.onnx": path}) is not None:
+            return onnx.load(str(path))
+        proto = dynamo_export(model, shape, opset, fp)
+        if batch is not None:
+            proto = fix_batch(proto, batch)
+        if simplify:
+            import onnxsim
+
+            simplified, ok = onnxsim.simplify(proto)
+            if ok:
+                proto = simplified
+                # onnxsim records its own run in ~20 metadata_props keys (onnxsim.*): bookkeeping a phone
+                # app never reads, ~0.6 kB in every file (and in each .ort made from it)
+                kept = [p for p in proto.metadata_props if not p.key.startswith("onnxsim.")]
+                del proto.metadata_props[:]
+                proto.metadata_props.extend(kept)
+            else:
+                log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
+        path.write_bytes(proto.SerializeToString())
+        cache.store(key, parts, {"model.onnx": path})
+    return proto
+
+
+def _export_key(model: nn.Module, shape: tuple[int, ...], opset: int, fp: str | None = None) -> tuple[str, dict]:
+    return cc.make_key("torch.onnx", {"model": fp or model_fingerprint(model)},
+                       {"input_shape": list(shape), "opset": opset}, cc.versions(*TOOLS),
+                       cc.source_hash(__file__, fingerprint))
+
+
+def export_cached(model: nn.Module, input_shape: int | Sequence[int], opset: int = 18) -> bool:
+    """Whether ``export_onnx`` of this model would find its graph in the conversion cache."""
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    cache = cc.ConversionCache()
+    return cache.enabled and (cache.dir / _export_key(model.eval(), shape, opset)[0] / "entry.json").is_file()
+
+
+def dynamo_export(model: nn.Module, shape: tuple[int, ...], opset: int, fp: str | None = None) -> onnx.ModelProto:
+    """The dynamo exporter's graph (symbolic batch axis ``batch``), through the conversion cache: a
+    model already exported, here or by another run (or the same student for the Android bundle),
+    costs no export, nor the import of the exporter."""
+    model = model.eval()
+    key, parts = _export_key(model, shape, opset, fp)
+    cache = cc.ConversionCache()
+    with tempfile.TemporaryDirectory(prefix="pocketkd-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        if cache.fetch(key, {"model.onnx": path}) is not None:
+            return onnx.load(str(path))
+        example = (torch.zeros(2, *shape),)
+        dim = torch.export.Dim(BATCH_DIM, min=1, max=1 << 20)
+        # the exporter reports progress and "torchvision is not installed" through its own loggers
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            program = torch.onnx.export(
+                model,
+                example,
+                None,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=({0: dim},),
+                dynamo=True,
+                external_data=False,
+            )
+        proto = program.model_proto
+        path.write_bytes(proto.SerializeToString())
+        cache.store(key, parts, {"model.onnx": path})
+    return proto
 
 
 def save_proto(proto: onnx.ModelProto, path: Path) -> Path:

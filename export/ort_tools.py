@@ -3,10 +3,11 @@ and the mobile usability checker (NNAPI / CoreML verdicts)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -105,14 +106,7 @@ def convert_to_ort(onnx_files: list[Path], out_dir: Path, target_platform: str =
                 onnx.save(model, str(src / f.name))
             else:
                 shutil.copy(f, src / f.name)
-        proc = subprocess.run(
-            [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src), "--output_dir",
-             str(dst), "--optimization_style", "Fixed", "--target_platform", target_platform],
-            capture_output=True, text=True, timeout=600,
-        )
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-            raise RuntimeError(f"ORT format conversion failed:\n{tail}")
+        _run_converter(src, dst, target_platform)
         made = {}
         for f in onnx_files:
             ort_file = dst / (f.name[: -len(".onnx")] + ".ort")
@@ -126,13 +120,33 @@ def convert_to_ort(onnx_files: list[Path], out_dir: Path, target_platform: str =
     return made
 
 
+def _run_converter(src: Path, dst: Path, target_platform: str) -> None:
+    """``python -m onnxruntime.tools.convert_onnx_models_to_ort SRC --output_dir DST --optimization_style
+    Fixed``, called in this process: as a command it costs a Python start and ~10 s of imports
+    (the tool imports torch and onnx) for a conversion of milliseconds. Its prints are kept and
+    shown only when it fails."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    tool_log = logging.getLogger("ort_format_model.utils")  # logs each file at INFO through the root logger
+    level = tool_log.level
+    tool_log.setLevel(logging.WARNING)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            convert_onnx_models_to_ort(src, output_dir=dst, optimization_styles=[OptimizationStyle.Fixed],
+                                       target_platform=target_platform)
+    except Exception as exc:
+        tail = "\n".join(out.getvalue().strip().splitlines()[-10:])
+        raise RuntimeError(f"ORT format conversion failed: {type(exc).__name__}: {exc}\n{tail}") from None
+    finally:
+        tool_log.setLevel(level)
+
+
 def mobile_usability(path: Path) -> dict[str, str]:
     """The "as is" verdicts of ORT's mobile usability checker, e.g. {"nnapi": "YES", ...}.
 
     Runs the same code as ``python -m onnxruntime.tools.check_onnx_model_mobile_usability``
     (``usability_checker.analyze_model``) in-process, capturing its log lines."""
-    import logging
-
     from onnxruntime.tools.mobile_helpers import usability_checker
 
     lines: list[str] = []

@@ -1,37 +1,35 @@
 """ONNX -> TFLite with onnx2tf: fp32, fp16, dynamic-range and full-integer int8 (float I/O and
-int8 I/O) from one conversion, plus the builtin-ops check.
+int8 I/O), plus the builtin-ops check and TensorFlow's own load check.
 
-The conversion runs in a child process: TensorFlow is heavy to import, logs from C++ straight
-to the terminal, and keeps memory; a child keeps all of that out of the pipeline process, and
-its output is shown only when it fails.
+Conversions run in the converter child (``export.converter``: TensorFlow imported once per export)
+and go through the conversion cache (``export.conversion_cache``): the key is the ONNX graph
+without its ``metadata_props`` (onnx2tf does not carry them into the .tflite; the pocketkd
+metadata holds the config hash, which changes with ``export.limits``), the variants, the
+calibration array's bytes and the tool versions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-import shutil
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from pipeline.io import atomic_copy
-from pipeline.procs import run_child, temp_dir
+from export import conversion_cache as cc
+from export import converter, quantize, tflite_convert
+from pipeline.io import atomic_copy, sha256_file
+from pipeline.procs import temp_dir
 
 log = logging.getLogger(__name__)
 
-# our precision name -> onnx2tf's file suffix
-VARIANTS = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "dynamic_range": "dynamic_range_quant",
-    "int8": "integer_quant",  # int8 compute, float32 input/output
-    "int8_io": "full_integer_quant",  # int8 compute and int8 input/output
-}
+VARIANTS = tflite_convert.SUFFIX  # our precision name -> onnx2tf's file suffix
 QUANTIZED = {"dynamic_range", "int8", "int8_io"}
+TOOLS = ("onnx2tf", "tensorflow|tensorflow-cpu", "tf_keras", "onnx", "onnx_graphsurgeon", "onnxsim", "onnxruntime",
+         "numpy")
 
 
 def onnx_to_tflite(
@@ -47,59 +45,77 @@ def onnx_to_tflite(
     ``{stem}_{variant}.tflite``. Full-integer variants need ``calib_nhwc``: representative
     model-ready inputs in TFLite's layout (NHWC for images). ``prepare``: the quantized variants of
     an MLP (Gemm/Relu chain) are converted from a copy prepared by ``export.quantize.prepare_for_int8``
-    with ``calib_nhwc`` (the fp32 and fp16 files always come from ``src`` itself)."""
+    with ``calib_nhwc`` (the fp32 and fp16 files always come from ``src`` itself).
+
+    Uses the current converter child (``export.converter.session``) or starts one for this call;
+    a conversion already in the cache starts none."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown TFLite variants {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
+    if {"int8", "int8_io"} & set(variants) and calib_nhwc is None:
+        raise ValueError("int8 TFLite variants need representative data (calib_nhwc)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    dest = {v: out_dir / f"{stem}_{v}.tflite" for v in variants}
+    t0 = time.perf_counter()
     with temp_dir("pocketkd-onnx2tf") as tmp:  # removed on every exit; a SIGKILLed run's by the next run
-        sources = {v: src for v in variants}
+        tmp = Path(tmp)
+        bare = _without_metadata(src, tmp / "src" / src.name)
+        calib = None if calib_nhwc is None else np.ascontiguousarray(calib_nhwc, dtype=np.float32)
         quant = [v for v in variants if v in QUANTIZED]
-        if prepare and quant and calib_nhwc is not None:
-            # the quantized variants come from a copy whose weights are prepared for int8
-            # (equalised, GPTQ-rounded onto the int8 grid); a graph the preparation does not
-            # handle (not a Gemm/Relu chain) is converted once, as before
-            from export.quantize import prepare_for_int8
-
-            prepared = Path(tmp) / "prepared" / src.name
-            prepared.parent.mkdir()
-            if prepare_for_int8(src, prepared, calib_nhwc)["applied"]:
-                sources.update({v: prepared for v in quant})
-        made = {}
-        for i, source in enumerate(dict.fromkeys(sources.values())):
-            group = tuple(v for v in variants if sources[v] == source)
-            run_dir = Path(tmp) / f"run{i}"
-            run_dir.mkdir()
-            written = _run_onnx2tf(source, run_dir, group, calib_nhwc, timeout)
-            for short in group:
-                found = written / f"{source.stem}_{VARIANTS[short]}.tflite"
-                if not found.exists():
-                    raise RuntimeError(f"onnx2tf did not write {found.name}; wrote: {sorted(os.listdir(written))}")
-                made[short] = atomic_copy(found, out_dir / f"{stem}_{short}.tflite")
-    return {v: made[v] for v in variants}
+        inputs = {"onnx": sha256_file(bare)}
+        if calib is not None and (quant and prepare or {"int8", "int8_io"} & set(variants)):
+            inputs["calibration"] = cc.sha256_bytes(calib.tobytes() + repr(calib.shape).encode())
+        key, parts = cc.make_key("onnx2tf", inputs, {"variants": sorted(variants), "prepare": bool(prepare and quant)},
+                                 cc.versions(*TOOLS), cc.source_hash(tflite_convert, quantize, __file__))
+        cache = cc.ConversionCache()
+        if cache.fetch(key, {f"{v}.tflite": p for v, p in dest.items()}) is not None:
+            log.debug("tflite %s %s: from the conversion cache", stem, ",".join(variants))
+            return dest
+        with converter.session(timeout) as conv:
+            made = _convert(conv, bare, tmp, variants, calib, prepare)
+        for v in variants:
+            atomic_copy(made[v], dest[v])
+        cache.store(key, parts, {f"{v}.tflite": made[v] for v in variants})
+    log.info("tflite   %-8s %s converted in %.1f s", stem, ",".join(variants), time.perf_counter() - t0)
+    return dest
 
 
-def _run_onnx2tf(src: Path, tmp: Path, variants: tuple[str, ...], calib_nhwc: np.ndarray | None,
-                 timeout: float) -> Path:
-    """One onnx2tf conversion of ``src`` in a child process, writing into ``tmp``; returns ``tmp``."""
-    opts = {"dynamic_range": "dynamic_range" in variants, "integer": bool({"int8", "int8_io"} & set(variants))}
-    if opts["integer"]:
-        if calib_nhwc is None:
-            raise ValueError("int8 TFLite variants need representative data (calib_nhwc)")
-        np.save(tmp / "calib.npy", calib_nhwc.astype(np.float32))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
-    # onnx2tf rewrites its input file in place (op names, simplification): give it a copy
-    work = tmp / "src"
-    work.mkdir()
-    copy = work / src.name
-    shutil.copy(src, copy)
-    # its own process group, killed with us (PR_SET_PDEATHSIG) even when we are SIGKILLed
-    proc = run_child([sys.executable, "-m", "export.tflite", str(copy), str(tmp), json.dumps(opts)],
-                     env=env, timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"onnx2tf failed on {src.name} (exit {proc.returncode}):\n{tail}")
-    return tmp
+def _without_metadata(src: Path, dst: Path) -> Path:
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(model.SerializeToString())
+    return dst
+
+
+def _convert(conv: converter.Converter, src: Path, tmp: Path, variants: tuple[str, ...], calib: np.ndarray | None,
+             prepare: bool) -> dict[str, Path]:
+    """One child request per distinct source: ``src`` and, for the quantized variants of a graph
+    that ``prepare_for_int8`` handles, its prepared copy."""
+    sources = {v: src for v in variants}
+    quant = [v for v in variants if v in QUANTIZED]
+    if prepare and quant and calib is not None:
+        prepared = tmp / "prepared" / src.name
+        prepared.parent.mkdir()
+        if quantize.prepare_for_int8(src, prepared, calib)["applied"]:
+            sources.update({v: prepared for v in quant})
+    calib_path = None
+    if calib is not None:
+        calib_path = tmp / "calib.npy"
+        np.save(calib_path, calib)
+    made = {}
+    for i, source in enumerate(dict.fromkeys(sources.values())):
+        group = [v for v in variants if sources[v] == source]
+        run_dir = tmp / f"run{i}"
+        run_dir.mkdir()
+        integer = bool({"int8", "int8_io"} & set(group))
+        try:
+            files = conv.request("onnx2tf", src=str(source), out_dir=str(run_dir), variants=group,
+                                 calib_path=str(calib_path) if integer else None)
+        except converter.ConverterError as exc:
+            raise RuntimeError(f"onnx2tf failed on {src.name}: {exc}") from None
+        made.update({v: Path(p) for v, p in files.items()})
+    return made
 
 
 def tflite_ops(path: Path) -> list[str]:
@@ -130,66 +146,32 @@ def read_embedded_metadata(path: Path) -> dict:
         return json.loads(zf.read("metadata.json"))
 
 
-def _convert(src: str, out_dir: str, opts: dict) -> None:
-    import onnx2tf
-
-    kwargs = {}
-    if opts.get("integer"):
-        calib = np.load(Path(out_dir) / "calib.npy")
-        channels = calib.shape[-1]
-        mean = np.zeros([1] * (calib.ndim - 1) + [channels], dtype=np.float32)
-        kwargs = dict(
-            output_integer_quantized_tflite=True,
-            custom_input_op_name_np_data_path=[["input", str(Path(out_dir) / "calib.npy"), mean, mean + 1]],
-            input_quant_dtype="int8",
-            output_quant_dtype="int8",
-        )
-    onnx2tf.convert(
-        input_onnx_file_path=src,
-        output_folder_path=out_dir,
-        copy_onnx_input_output_names_to_tflite=True,
-        output_dynamic_range_quantized_tflite=bool(opts.get("dynamic_range")),
-        non_verbose=True,
-        **kwargs,
-    )
-
-
 def tensorflow_load_check(paths: list[Path], timeout: float = 600) -> dict[str, dict]:
-    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors) in one child
-    process (importing TensorFlow is heavy): {str(path): {"ok": bool, "error"?: str, "version": str}}.
+    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors), in the
+    converter child: {str(path): {"ok": bool, "error"?: str, "version": str}}. A file whose bytes
+    were checked before with the same TensorFlow is answered from the conversion cache.
     TensorFlow missing: every entry says so (ok None)."""
-    if not paths:
-        return {}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
-    proc = run_child([sys.executable, "-m", "export.tflite", "--tf-load", *map(str, paths)], env=env,
-                     timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return {str(p): {"ok": False, "error": f"TensorFlow check did not run (exit {proc.returncode}): {why}"}
-                for p in paths}
-    return json.loads(lines[-1])
-
-
-def _tf_load(paths: list[str]) -> dict[str, dict]:
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return {p: {"ok": None, "error": "tensorflow is not installed"} for p in paths}
-    out = {}
+    out, todo, keys = {}, [], {}
+    cache = cc.ConversionCache()
+    tools = cc.versions("tensorflow|tensorflow-cpu")
     for p in paths:
+        key, parts = cc.make_key("tf_load", {"tflite": sha256_file(p)}, {}, tools, cc.source_hash(tflite_convert))
+        found = cache.fetch(key, {})
+        if found is not None:
+            out[str(p)] = found
+        else:
+            todo.append(p)
+            keys[str(p)] = (key, parts)
+    if todo:
         try:
-            interp = tf.lite.Interpreter(model_path=p)
-            interp.allocate_tensors()
-            out[p] = {"ok": True, "version": tf.__version__}
-        except Exception as exc:
-            out[p] = {"ok": False, "version": tf.__version__,
-                      "error": " ".join(str(exc).split())[:300] or type(exc).__name__}
+            with converter.session(timeout) as conv:
+                answers = conv.request("tf_load", paths=[str(p) for p in todo])
+        except converter.ConverterError as exc:
+            why = (str(exc).strip().splitlines() or ["no output"])[0][:200]
+            return {**out, **{str(p): {"ok": False, "error": f"TensorFlow check did not run: {why}"} for p in todo}}
+        for p in todo:
+            res = answers[str(p)]
+            out[str(p)] = res
+            if res.get("ok") is not None:  # "TensorFlow is not installed" is not a property of the file
+                cache.store(*keys[str(p)], {}, result=res)
     return out
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "--tf-load":
-        print(json.dumps(_tf_load(sys.argv[2:])))
-    else:
-        _convert(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline run|stages|report|config``.
+"""Command line: ``python -m pipeline run|stages|report|export|cache|config``.
 
 Library code logs; this module decides what the person sees. User mistakes (bad config, missing
 files) print one line and exit with code 2; a failed parity check exits with code 1.
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--formats", nargs="+", metavar="FORMAT", help="formats to write (default: the run's config)")
     exp.add_argument("--out", help="output directory (default: the run directory)")
     exp.add_argument("--no-android", action="store_true", help="skip the Android bundle")
+
+    cache = sub.add_parser("cache", help="the conversion cache shared by every run (info, clear)")
+    cache.add_argument("action", choices=("info", "clear"),
+                       help="info: path, entries and size; clear: remove every entry")
 
     cfg = sub.add_parser("config", help="print the resolved config (or the key reference)")
     _add_config_args(cfg)
@@ -220,6 +224,27 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """The conversion cache (export/conversion_cache.py): ``$POCKETKD_CONVERSION_CACHE``, else
+    ``${POCKETKD_CACHE:-~/.cache/pocketkd}/conversions``."""
+    from export.conversion_cache import ConversionCache
+
+    cache = ConversionCache()
+    if not cache.enabled:
+        print("conversion cache: off (POCKETKD_CONVERSION_CACHE=off)")
+        return 0
+    if args.action == "clear":
+        n = cache.clear()
+        print(f"conversion cache {cache.dir}: removed {n} entries")
+        return 0
+    info = cache.info()
+    print(f"path:    {info['path']}")
+    print(f"entries: {info['entries']}" + (f" ({', '.join(f'{k} {v}' for k, v in info['kinds'].items())})"
+                                           if info["kinds"] else ""))
+    print(f"size:    {info['bytes'] / 1e6:.1f} MB ({info['bytes']:,} bytes)")
+    return 0
+
+
 def cmd_stages(args) -> int:
     from pipeline.stages import STAGES
 
@@ -232,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.procs import Terminated, raise_on_sigterm
 
     commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages,
-                "export": cmd_export}
+                "export": cmd_export, "cache": cmd_cache}
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: temp directories and the lock are released
     try:
         args = build_parser().parse_args(argv)

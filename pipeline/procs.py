@@ -37,12 +37,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(137)
 
 
+def popen_child(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kwargs)`` in a new process group that dies with us (a long-lived child)."""
+    parent = os.getpid()
+    return subprocess.Popen(cmd, preexec_fn=lambda: _die_with_parent(parent), process_group=0, **kwargs)
+
+
 def run_child(cmd: list[str], timeout: float | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)`` in a new process group that dies with
     us; ``subprocess.TimeoutExpired`` on timeout (after killing the group)."""
-    parent = os.getpid()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: _die_with_parent(parent), process_group=0, **kwargs)
+    proc = popen_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:

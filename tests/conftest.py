@@ -1,6 +1,9 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # value in the environment wins.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+# The conversion cache (export/conversion_cache.py) of a test session is its own, empty at the start
+# (the CLI runs it starts inherit it): the tests convert for real and leave the user's cache alone.
+# Made by the first process that imports this file (the xdist controller); its workers inherit the
+# variable, so they share one cache (entries are written in a temp directory and renamed into place).
+if "POCKETKD_CONVERSION_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="pocketkd-test-conversions-")
+    os.environ["POCKETKD_CONVERSION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 # A reduced run: same stages and code paths as the default, sized for a test suite.
 SMALL = {
@@ -45,8 +57,8 @@ def tiny_onnx_model(directory, seed=0, rows=50):
     return path, x, ref
 
 
-def run_cli(*args, cwd=None, timeout=900):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(*args, cwd=None, timeout=900, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export import ExportJob, export_all
+from export import conversion_cache, converter
+from export.formats import FORMATS, ExportJob, export_rows, prefetch_tflite, raise_on_strict
 from export.android import write_bundle
 from export.format_table import REFERENCE
 from export.checks import add_file_checks, non_finite_rows
@@ -102,27 +103,63 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
 
     result = {"parity_atol": cfg.export.parity_atol, "limits": cfg.export.limits.model_dump(),
               "host_int8": host_int8_profile()}
-    student_job = job("student.pt", "student", out_dir, None)
-    result["calibration"] = student_job.calibration_info()
-    result["formats"] = export_all(student_job, formats)
-    teacher_info = json.loads((run_dir / "teacher.json").read_text())
-    if teacher_info.get("model_file") == "teacher_given.onnx":
-        result["formats"].append(given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir))
-    else:
-        result["formats"] += export_all(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
-    groups = [(out_dir, result["formats"])]
-    if android:
-        a = cfg.export.android
-        bundle_dir = out_dir / "android"
-        rows = export_all(job("student.pt", "student", bundle_dir, a.batch), list(a.formats))
-        groups.append((bundle_dir, rows))
-        result["android"] = rows
-    _file_checks(groups)
+    before = conversion_counts()
+    with converter.session():  # one converter child for every TFLite conversion and check of this export
+        student_job = job("student.pt", "student", out_dir, None)
+        prefetch_tflite(student_job, formats)  # converts in the background from here on
+        if android:
+            a = cfg.export.android
+            bundle_dir = out_dir / "android"
+            bundle_job = job("student.pt", "student", bundle_dir, a.batch)
+            prefetch_tflite(bundle_job, list(a.formats))
+        result["calibration"] = student_job.calibration_info()
+        # the rows the converter child makes come last: the others, the teacher's included, are made
+        # and checked while it converts
+        student_rows = export_rows(student_job, _not_tflite(formats))
+        teacher_info = json.loads((run_dir / "teacher.json").read_text())
+        if teacher_info.get("model_file") == "teacher_given.onnx":
+            teacher_rows = [given_teacher_row(cfg, teacher_info, run_dir / "teacher_given.onnx", out_dir)]
+        else:
+            teacher_rows = export_rows(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
+        if android:
+            bundle_rows = export_rows(bundle_job, _not_tflite(a.formats))
+        result["formats"] = _in_order(student_rows + export_rows(student_job, _tflite(formats)), formats)
+        raise_on_strict(result["formats"])
+        raise_on_strict(teacher_rows)
+        result["formats"] += teacher_rows
+        groups = [(out_dir, result["formats"])]
+        if android:
+            rows = _in_order(bundle_rows + export_rows(bundle_job, _tflite(a.formats)), list(a.formats))
+            raise_on_strict(rows)
+            groups.append((bundle_dir, rows))
+            result["android"] = rows
+        _file_checks(groups)
+    result["conversions"] = conversion_counts(before)
     if android:
         write_bundle(bundle_dir, result["android"], export_metadata(cfg, splits, cfg.export.android.batch))
     if rewrites:
         result["deploy_rewrites"] = rewrites
     return result
+
+
+def _tflite(names: list[str]) -> list[str]:
+    return [n for n in names if FORMATS[n].runtime == "litert"]
+
+
+def _not_tflite(names: list[str]) -> list[str]:
+    return [n for n in names if FORMATS[n].runtime != "litert"]
+
+
+def _in_order(rows: list[dict], names: list[str]) -> list[dict]:
+    return sorted(rows, key=lambda r: names.index(r["format"]))
+
+
+def conversion_counts(since: dict | None = None) -> dict:
+    """Conversions answered by the cache, made (and stored), damaged entries re-made, converter
+    children started: in this process, or since ``since``."""
+    now = {"cache_hits": conversion_cache.STATS["hits"], "made": conversion_cache.STATS["made"],
+           "cache_damaged": conversion_cache.STATS["corrupt"], "converter_children": converter.STARTS}
+    return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
 
 
 def _file_checks(groups: list[tuple[Path, list[dict]]]) -> None:

@@ -1,0 +1,182 @@
+"""ONNX -> TFLite inside the converter child (``export.converter_child``): TensorFlow is imported
+there once and serves every conversion of a run.
+
+One call converts one ONNX file into the TFLite variants asked for, no more:
+
+* ``fp32`` and ``fp16`` (and ``dynamic_range`` when asked) come from ``onnx2tf.convert`` itself;
+  ``output_signaturedefs`` is set exactly when a full-integer variant is asked, which gives the
+  saved model and tensor names that onnx2tf's own ``output_integer_quantized_tflite`` gives.
+* ``int8`` (int8 compute, float I/O) is onnx2tf's full-integer conversion, made here with the same
+  converter settings and representative data, but calibrated **once**: onnx2tf calibrates four
+  times (int8, int8 I/O, and two int16-activation variants nobody asked for).
+* ``int8_io`` is derived from the ``int8`` file by changing its interface (TFLite's
+  ``modify_model_io_type`` drops the input QUANTIZE and output DEQUANTIZE ops and makes the I/O
+  tensors int8 with the same scale and zero point), not by a second calibration.
+
+Keras names layers from a process-wide counter, so every conversion starts with
+``clear_session()``: a file converted as the n-th request of the child is byte-identical to one
+converted in a fresh process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+# our variant name -> onnx2tf's file suffix (also the names of the files written here)
+SUFFIX = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "dynamic_range": "dynamic_range_quant",
+    "int8": "integer_quant",  # int8 compute, float32 input/output
+    "int8_io": "full_integer_quant",  # int8 compute and int8 input/output
+}
+INTEGER = {"int8", "int8_io"}
+
+
+def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None) -> dict[str, str]:
+    """Write the ``variants`` of ``src`` into ``out_dir`` as ``<stem>_<suffix>.tflite``; returns
+    {variant: path}. ``calib_path``: an .npy of representative inputs (TFLite layout), needed by
+    the full-integer variants."""
+    import onnx2tf
+    import tf_keras
+
+    tf_keras.backend.clear_session()  # layer names restart at 0: bytes do not depend on earlier requests
+    out = Path(out_dir)
+    integer = bool(INTEGER & set(variants))
+    if integer and calib_path is None:
+        raise ValueError("int8 TFLite variants need representative data")
+    # onnx2tf rewrites its input file in place (op names, simplification): give it a copy
+    work = out / "src"
+    work.mkdir(parents=True, exist_ok=True)
+    copy = work / Path(src).name
+    shutil.copy(src, copy)
+    onnx2tf.convert(
+        input_onnx_file_path=str(copy),
+        output_folder_path=str(out),
+        copy_onnx_input_output_names_to_tflite=True,
+        output_dynamic_range_quantized_tflite="dynamic_range" in variants,
+        output_signaturedefs=integer,  # the saved model the int8 converter reads, named as for -oiqt
+        non_verbose=True,
+    )
+    stem = copy.stem
+    if integer:
+        _integer(out, stem, variants, np.load(calib_path), _onnx_io(copy))
+    made = {}
+    for v in variants:
+        path = out / f"{stem}_{SUFFIX[v]}.tflite"
+        if not path.exists():
+            written = sorted(p.name for p in out.glob("*.tflite"))
+            raise RuntimeError(f"onnx2tf did not write {path.name}; wrote: {written}")
+        made[v] = str(path)
+    return made
+
+
+def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: dict) -> None:
+    """onnx2tf's full-integer conversion (its converter settings and representative data: the
+    calibration rows in order, in batches of the model's batch size, normalised with mean 0 and
+    std 1), calibrated once; the int8-I/O file from the int8 one by an interface change."""
+    import tensorflow as tf
+    from onnx2tf.utils.common_functions import rewrite_tflite_inout_opname
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    trackable = tf.saved_model.load(str(out))
+    signature = trackable.signatures["serving_default"]
+    spec = next(iter(signature.structured_input_signature[1].values()))
+    name = next(iter(signature.structured_input_signature[1]))
+    batch = spec.shape[0] if isinstance(spec.shape[0], int) else 1
+
+    def representative():
+        for i in range(0, len(calib), batch):
+            yield {name: tf.cast(tf.convert_to_tensor(calib[i:i + batch]), tf.float32)}
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(out))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter._experimental_disable_per_channel = False
+    converter.unfold_batchmatmul = False
+    converter.representative_dataset = representative
+    int8 = converter.convert()
+    files = {"int8": int8}
+    if "int8_io" in variants:
+        files["int8_io"] = _tidy(modify_model_io_type(int8, tf.int8, tf.int8), int8)
+    for v, data in files.items():
+        name_ = f"{stem}_{SUFFIX[v]}.tflite"
+        (out / name_).write_bytes(data)
+        rewrite_tflite_inout_opname(output_folder_path=str(out), tflite_file_name=name_, **io)
+
+
+def _tidy(model: bytes, like: bytes) -> bytes:
+    """The int8-I/O model laid out as the converter itself writes it (the same size): I/O tensors
+    named as in ``like`` (the float-I/O int8 model), the graph inputs the first tensors, no operator
+    codes of the removed QUANTIZE/DEQUANTIZE ops, no buffers that no tensor uses. The arithmetic is
+    untouched (same ops, weights, scales and zero points)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fb
+
+    ref = fb.convert_bytearray_to_object(like).subgraphs[0]
+    m = fb.convert_bytearray_to_object(model)
+    g = m.subgraphs[0]
+    for ours, theirs in ((g.inputs, ref.inputs), (g.outputs, ref.outputs)):
+        for i, j in zip(ours, theirs):
+            g.tensors[i].name = ref.tensors[j].name
+    first = [int(i) for i in g.inputs] if len(m.subgraphs) == 1 else []  # signatures index subgraph 0
+    order = first + [i for i in range(len(g.tensors)) if i not in first]
+    new = {old: n for n, old in enumerate(order)}
+    g.tensors = [g.tensors[i] for i in order]
+    for op in g.operators:
+        op.inputs = np.array([new[int(i)] if i >= 0 else i for i in op.inputs], np.int32)  # -1: optional input
+        op.outputs = np.array([new[int(i)] for i in op.outputs], np.int32)
+    g.inputs = np.array([new[int(i)] for i in g.inputs], np.int32)
+    g.outputs = np.array([new[int(i)] for i in g.outputs], np.int32)
+    for sig in m.signatureDefs or []:
+        for t in [*sig.inputs, *sig.outputs]:
+            t.tensorIndex = new[t.tensorIndex]
+    used = sorted({op.opcodeIndex for sg in m.subgraphs for op in sg.operators})
+    m.operatorCodes = [m.operatorCodes[i] for i in used]
+    for sg in m.subgraphs:
+        for op in sg.operators:
+            op.opcodeIndex = used.index(op.opcodeIndex)
+    kept = sorted({0} | {t.buffer for sg in m.subgraphs for t in sg.tensors} | {d.buffer for d in m.metadata or []})
+    m.buffers = [m.buffers[i] for i in kept]
+    for sg in m.subgraphs:
+        for t in sg.tensors:
+            t.buffer = kept.index(t.buffer)
+    for d in m.metadata or []:
+        d.buffer = kept.index(d.buffer)
+    return bytes(fb.convert_object_to_bytearray(m))
+
+
+def _onnx_io(path: Path) -> dict:
+    """The graph's input/output names and shapes as onnx2tf passes them to ``rewrite_tflite_inout_opname``."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+
+    def shape(v):
+        return [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    ins = [v for v in g.input if v.name not in inits]
+    return {"onnx_input_names": [v.name for v in ins], "onnx_output_names": [v.name for v in g.output],
+            "onnx_graph_input_shapes": [shape(v) for v in ins],
+            "onnx_graph_output_shapes": [shape(v) for v in g.output]}
+
+
+def tf_load(paths: list[str]) -> dict[str, dict]:
+    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return {p: {"ok": None, "error": "tensorflow is not installed"} for p in paths}
+    out = {}
+    for p in paths:
+        try:
+            interp = tf.lite.Interpreter(model_path=p)
+            interp.allocate_tensors()
+            out[p] = {"ok": True, "version": tf.__version__}
+        except Exception as exc:
+            out[p] = {"ok": False, "version": tf.__version__,
+                      "error": " ".join(str(exc).split())[:300] or type(exc).__name__}
+    return out
