@@ -193,7 +193,7 @@ def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(en
     save_model(tmp_path / "teacher.pt", build_teacher(cfg, (1,), 1), "teacher", (1,), 1)
     (tmp_path / "teacher.json").write_text(json.dumps({"model_file": "teacher.pt"}))
     seen = []
-    monkeypatch.setattr(export_stage, "export_all", lambda job, names: seen.append(job) or [])
+    monkeypatch.setattr(export_stage, "export_rows", lambda job, names: seen.append(job) or [])
     export_student(cfg, tmp_path, tmp_path / "out", ["onnx_int8"], android=False)
     student = seen[0]
     assert student.cfg.int8.prepare is (not enabled)  # a QAT'd student is exported as it is
