@@ -1,0 +1,74 @@
+"""The benchmark protocol (benchmarks/protocol.py): disjoint seeds, selection on validation only,
+paired intervals that agree with scipy's t distribution and with a bootstrap."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import protocol  # noqa: E402
+
+
+def test_selection_and_report_seeds_are_disjoint_and_enough():
+    assert not set(protocol.SELECTION_SEEDS) & set(protocol.REPORT_SEEDS)
+    assert len(protocol.REPORT_SEEDS) >= 10
+    line = protocol.describe_seeds()
+    assert str(list(protocol.SELECTION_SEEDS)) in line and str(list(protocol.REPORT_SEEDS)) in line
+
+
+@pytest.mark.parametrize("df", [1, 2, 5, 9, 29, 30, 31, 45, 120])
+def test_t_quantile_matches_scipy(df):
+    assert protocol.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=0.0025)
+
+
+def test_paired_interval_is_scipys_paired_t_interval():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.02, 0.03, 12)
+    method = base - 0.002 + rng.normal(0, 0.001, 12)
+    p = protocol.paired(method, base)
+    d = method - base
+    lo, hi = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (p.ci_low, p.ci_high) == pytest.approx((lo, hi), abs=1e-5)
+    assert p.boot_low < p.mean < p.boot_high
+    assert p.wins == int(np.sum(d < 0)) and p.n == 12
+    assert p.verdict == ("better" if hi < 0 else "no difference shown")
+    assert protocol.paired(base, method).verdict in ("worse", "no difference shown")
+
+
+def test_pairing_removes_the_seed_effect():
+    """The same +1 % effect on very different seeds: unpaired stds overlap, the paired interval does not."""
+    base = np.array([0.010, 0.020, 0.030, 0.040, 0.015, 0.025, 0.035, 0.012, 0.022, 0.032])
+    worse = base * 1.01
+    p = protocol.paired(worse, base)
+    assert p.ci_low > 0 and p.verdict == "worse" and p.wins == 0
+    assert p.relative == pytest.approx(0.01, rel=1e-6)
+
+
+def test_paired_refuses_nan_and_unequal_lists():
+    with pytest.raises(ValueError, match="non-finite"):
+        protocol.paired([0.1, float("nan")], [0.1, 0.2])
+    with pytest.raises(ValueError, match="equal"):
+        protocol.paired([0.1, 0.2], [0.1])
+
+
+def test_select_uses_only_selection_seeds_and_the_lowest_mean():
+    seen = []
+
+    def score(setting, seed):
+        seen.append(seed)
+        return {"a": 1.0, "b": 0.5, "c": 0.7}[setting] + seed * 1e-3
+
+    best, means = protocol.select(["a", "b", "c"], score)
+    assert best == "b" and set(means) == {"a", "b", "c"}
+    assert set(seen) == set(protocol.SELECTION_SEEDS)
+
+
+def test_validation_score_is_robust_to_outlier_rows_and_rejects_nan():
+    y = np.zeros(100)
+    y[:10] = 50.0  # outlier labels in validation
+    good, bad = np.zeros(100), np.full(100, 0.3)
+    assert protocol.validation_score(good, y) < protocol.validation_score(bad, y)
+    assert protocol.validation_score(np.full(100, np.nan), y) == float("inf")
