@@ -87,7 +87,7 @@ def write_bundle(bundle_dir: Path, rows: list[dict], meta: dict) -> dict:
 def _write_kotlin(bundle_dir: Path, meta: dict, signatures: dict, by_format: dict) -> list[str]:
     ort_cpu = by_format.get("ort_fp32") or by_format.get("onnx_fp32") or next(
         (f for f in signatures if not f.endswith(".tflite")), None)
-    ort_ep = by_format.get("ort_fp32_runtime_opt") or ort_cpu
+    ort_ep = by_format.get("ort_fp32_runtime_opt") or by_format.get("ort_int8_runtime_opt")
     tfl = by_format.get("tflite_fp32") or next((f for f in signatures if f.endswith(".tflite")), None)
     texts = {"StudentModel.kt": kt.student_model_kt(meta, signatures)}
     if ort_cpu:

@@ -171,12 +171,17 @@ def _regression_kt(cols: list[dict]) -> str:
 '''
 
 
-def ort_kt(cpu_file: str, ep_file: str) -> str:
-    return f'''// ONNX Runtime (com.microsoft.onnxruntime:onnxruntime-android). "{cpu_file}" is converted in the
-// Fixed optimization style (every optimization applied; CPU EP). "{ep_file}" is converted in the Runtime
-// style for the XNNPACK and NNAPI EPs: its saved optimizations are replayed on the nodes the EP leaves
-// to the CPU (session.enable_saved_runtime_optimizations). NNAPI is deprecated from Android 15: use
-// XNNPACK (or LiteRT with Accelerator.GPU / NPU) there.
+def ort_kt(cpu_file: str, ep_file: str | None) -> str:
+    """``ep_file``: the Runtime-style .ort for XNNPACK / NNAPI, None when the bundle has none."""
+    ep_note = (f'"{ep_file}" is converted in the Runtime\n// style for the XNNPACK and NNAPI EPs: its saved optimizations are '
+               "replayed on the nodes the EP leaves\n// to the CPU (session.enable_saved_runtime_optimizations)."
+               if ep_file else "This bundle has no Runtime-style .ort (export.android.formats:\n// ort_fp32_runtime_opt, "
+               "ort_int8_runtime_opt), the files for the XNNPACK and NNAPI EPs.")
+    ep_file = ep_file or "<file>.with_runtime_opt.ort"
+    cpu_note = ("is converted in the\n// Fixed optimization style (every optimization applied; CPU EP)." if cpu_file.endswith(".ort")
+                else "is ONNX: ONNX Runtime\n// optimizes it when the session is created.")
+    return f'''// ONNX Runtime (com.microsoft.onnxruntime:onnxruntime-android). "{cpu_file}" {cpu_note} {ep_note}
+// NNAPI is deprecated from Android 15: use XNNPACK (or LiteRT with Accelerator.GPU / NPU) there.
 package {PACKAGE}
 
 import ai.onnxruntime.OnnxTensor
