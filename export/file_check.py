@@ -12,7 +12,6 @@ import torch
 
 from device_bench.runner import load_model, predict_all
 from export import ort_tools
-from export.format_table import ROWS
 from export.int8_arith import exact_outputs, host_int8_profile
 from export.job import ExportJob, Format
 from export.onnx_export import graph_io
@@ -142,6 +141,11 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         row["onnx_io"] = dict(zip(("inputs", "outputs"), graph_io(path)))
         if job.cfg.check_mobile:
             row["mobile_usability"] = ort_tools.mobile_usability(path)
+    if path.suffix == ".ort":
+        row["optimization_style"] = fmt.ort_style
+        row["execution_providers"] = list(fmt.execution_providers)
+        if job.cfg.check_mobile:  # the checker's verdicts on the graph this file holds
+            row["mobile_usability"] = ort_tools.ort_file_usability(path, job.ort_source(fmt), fmt.ort_style)
     if path.suffix == ".tflite":
         ops = tflite_ops(path)
         row["tflite_ops"] = ops
@@ -163,5 +167,5 @@ def _exact_source(job: ExportJob, fmt: Format, path: Path) -> Path:
     """The ONNX file whose exact arithmetic stands for ``path``: itself, or for an ``.ort`` file the
     ``.onnx`` it was converted from (ORT format holds the same graph with ORT's fusions applied)."""
     if path.suffix == ".ort":
-        return job.out_dir / ROWS["onnx_int8"].file.format(stem=job.stem)
+        return job.ort_source(fmt)
     return path

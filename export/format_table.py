@@ -25,6 +25,9 @@ class FormatRow:
     android: bool  # in the Android bundle by default (export.android.formats)
     description: str
     variant: str = ""  # TFLite: which onnx2tf output
+    server: bool = True  # in export.formats by default (dynamic batch, benchmarked); False: Android bundle only
+    ort_style: str = ""  # .ort files: onnxruntime's optimization style, "Fixed" or "Runtime"
+    execution_providers: tuple[str, ...] = ()  # .ort files: the ORT execution providers the file is made for
 
 
 FORMAT_TABLE: tuple[FormatRow, ...] = (
@@ -37,9 +40,20 @@ FORMAT_TABLE: tuple[FormatRow, ...] = (
     FormatRow("onnx_int8_dynamic", "{stem}.int8_dynamic.onnx", "onnxruntime", "int8", False, "quantize_dynamic", False,
               "ORT dynamic int8: int8 weights, activations quantized at run time"),
     FormatRow("ort_fp32", "{stem}.ort", "onnxruntime", "fp32", True, "convert_to_ort", True,
-              "ORT format for ONNX Runtime Mobile (ARM), from onnx_fp32"),
+              "ORT format for ONNX Runtime Mobile (ARM), Fixed optimization style (CPU EP), from onnx_fp32",
+              ort_style="Fixed", execution_providers=("CPU",)),
     FormatRow("ort_int8", "{stem}.int8.ort", "onnxruntime", "int8", False, "convert_to_ort", True,
-              "ORT format for ONNX Runtime Mobile (ARM), from onnx_int8"),
+              "ORT format for ONNX Runtime Mobile (ARM), Fixed optimization style (CPU EP), from onnx_int8",
+              ort_style="Fixed", execution_providers=("CPU",)),
+    # onnxruntime's converter: "Runtime" style for compiling EPs (NNAPI, CoreML), "Fixed" otherwise; a Fixed int8
+    # graph holds com.microsoft fused ops (QGemm, QLinearConv) that NNAPI cannot take
+    FormatRow("ort_fp32_runtime_opt", "{stem}.with_runtime_opt.ort", "onnxruntime", "fp32", True, "convert_to_ort",
+              True, "ORT format, Runtime optimization style (saved optimizations replayed on the nodes the EP leaves "
+              "to the CPU), for the XNNPACK and NNAPI EPs, from onnx_fp32", server=False, ort_style="Runtime",
+              execution_providers=("XNNPACK", "NNAPI")),
+    FormatRow("ort_int8_runtime_opt", "{stem}.int8.with_runtime_opt.ort", "onnxruntime", "int8", False,
+              "convert_to_ort", True, "ORT format, Runtime optimization style, for the XNNPACK and NNAPI EPs, from "
+              "onnx_int8", server=False, ort_style="Runtime", execution_providers=("XNNPACK", "NNAPI")),
     FormatRow("tflite_fp32", "{stem}_fp32.tflite", "litert", "fp32", True, "onnx2tf", True,
               "TFLite via onnx2tf, float32", "fp32"),
     FormatRow("tflite_fp16", "{stem}_fp16.tflite", "litert", "fp16", False, "onnx2tf", True,
@@ -56,6 +70,7 @@ ROWS: dict[str, FormatRow] = {row.name: row for row in FORMAT_TABLE}
 FORMAT_NAMES: tuple[str, ...] = tuple(ROWS)  # table order
 FormatName = Literal[FORMAT_NAMES]  # type: ignore[valid-type]  # pydantic checks values against it
 ANDROID_DEFAULT: tuple[str, ...] = tuple(row.name for row in FORMAT_TABLE if row.android)
+SERVER_DEFAULT: tuple[str, ...] = tuple(row.name for row in FORMAT_TABLE if row.server)
 REFERENCE = "onnx_fp32"  # the fp32 file every target runs: the teacher is exported only in it
 REFERENCE_INT8 = "onnx_int8"  # the int8 file the report's summary compares with REFERENCE
 

@@ -80,16 +80,18 @@ def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:
 
 
 def _make_ort(job: ExportJob, fmt: Format) -> Path:
-    """Both .ort files come from one conversion, so required_operators.config covers both."""
-    if job._ort is None:
+    """The fp32 and int8 .ort files of one optimization style come from one conversion;
+    required_operators.config is rewritten to cover every style converted so far."""
+    style = fmt.ort_style
+    if style not in job._ort:
         sources = [_base_onnx(job)]
         int8 = job.file(FORMATS["onnx_int8"])
         if not int8.exists():
             _make_onnx_int8(job, FORMATS["onnx_int8"])
         sources.append(int8)
-        job._ort = ort_tools.convert_to_ort(sources, job.out_dir)
-    src = FORMATS["onnx_fp32" if fmt.precision == "fp32" else "onnx_int8"].file.format(stem=job.stem)
-    return job._ort[src]
+        job._ort[style], job._ort_ops[style] = ort_tools.convert_to_ort(sources, job.out_dir, style=style)
+        ort_tools.write_operator_config(job.out_dir, list(job._ort_ops.values()))
+    return job._ort[style][job.ort_source(fmt).name]
 
 
 def _convert_tflite(job: ExportJob) -> dict[str, Path]:
@@ -141,7 +143,7 @@ MAKERS: dict[str, Callable[[ExportJob, Format], Path]] = {  # FormatRow.made_by 
 
 FORMATS: dict[str, Format] = {  # the rows of export.format_table, each with the function that makes it
     r.name: Format(r.name, r.file, r.runtime, r.precision, r.strict, MAKERS[r.made_by], r.description, r.variant,
-                   android=r.android)
+                   android=r.android, server=r.server, ort_style=r.ort_style, execution_providers=r.execution_providers)
     for r in FORMAT_TABLE
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.format_table import ROWS
 from export.calibration import calibration_indices, describe as describe_calibration
 from pipeline.config import ExportConfig
 
@@ -36,11 +37,16 @@ class ExportJob:
     output_names: list[str] = field(default_factory=list)
     tflite_variants: tuple[str, ...] = ("fp32", "fp16")  # what one onnx2tf run should write
     _tflite: dict[str, Path] | Future | Exception | None = None
-    _ort: dict[str, Path] | None = None
+    _ort: dict[str, dict[str, Path]] = field(default_factory=dict)  # ORT style -> {onnx file name: .ort}
+    _ort_ops: dict[str, str] = field(default_factory=dict)  # ORT style -> its required_operators config text
     _base: Path | None = field(default=None, init=False, repr=False)
 
     def file(self, fmt: Format) -> Path:
         return self.out_dir / fmt.file.format(stem=self.stem)
+
+    def ort_source(self, fmt: Format) -> Path:
+        """The ONNX file an .ort format is converted from (same precision)."""
+        return self.out_dir / ROWS["onnx_fp32" if fmt.precision == "fp32" else "onnx_int8"].file.format(stem=self.stem)
 
     @cached_property
     def torch_outputs(self) -> np.ndarray:
@@ -77,6 +83,9 @@ class Format:
     description: str = ""
     variant: str = ""  # TFLite: which onnx2tf output
     android: bool = False  # in the Android bundle by default
+    server: bool = True  # in export.formats by default
+    ort_style: str = ""  # .ort: "Fixed" or "Runtime"
+    execution_providers: tuple[str, ...] = ()
 
     @property
     def is_onnx(self) -> bool:

@@ -134,14 +134,9 @@ def non_builtin_ops(ops: list[str]) -> list[str]:
     return [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE") or not op.isupper()]
 
 
-def embed_metadata(path: Path, metadata: dict) -> None:
-    """Append ``metadata.json`` as a zip member, as the TFLite metadata convention does: the
-    interpreter ignores trailing bytes, and ``zipfile`` (or ``unzip``) reads it back."""
-    with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("metadata.json", json.dumps(metadata, indent=1))
-
-
 def read_embedded_metadata(path: Path) -> dict:
+    """The ``metadata.json`` zipped after a bundle ``.tflite`` (an associated file of its standard
+    metadata, ``export.android_tflite``)."""
     with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read("metadata.json"))
 

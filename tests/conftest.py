@@ -92,7 +92,7 @@ def e2e_run(tmp_path_factory, small_config_file):
 # 9.2 no longer lets a plugin change (pytest-dev/pytest-xdist#1386: the groups are silently
 # ignored). So the workers write their groups to a file and the scheduler below reads them; it also
 # hands out the longest work first (EXPECTED_SECONDS), so that no long test starts last.
-SHARED_RUNS = ("e2e_run", "pose_run", "cls_run", "csv_run", "sorted_run", "two_runs", "exported")
+SHARED_RUNS = ("e2e_run", "pose_run", "cls_run", "csv_run", "sorted_run", "two_runs", "exported", "android_bundles")
 
 # Rough seconds of the longest work units (a group: its fixture and all its tests; or one test by
 # its function name), measured on 2 cores. Only their order matters; anything not listed is short.
@@ -106,6 +106,11 @@ EXPECTED_SECONDS = {
     "test_android_bundle_fixed_shapes_metadata_and_hashes": 100,
     "test_a_killed_run_resumes_without_redoing_finished_stages": 100,
     "exported-mlp": 70,
+    "android_bundles-rotation": 60,  # tests/test_android_bundle.py: one bundle per task (export + its tests)
+    "android_bundles-digits_gambler": 45,
+    "android_bundles-digits": 45,
+    "android_bundles-csv2": 40,
+    "android_bundles-toy": 40,
     "test_mpiigaze_layout_runs_end_to_end_with_angular_error": 65,
     "sorted_run": 60,
     "exported-cnn": 50,

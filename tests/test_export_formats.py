@@ -139,7 +139,9 @@ def test_android_bundle_fixed_shapes_metadata_and_hashes(mlp_case, cnn_case, tmp
         rows = export_all(_job(case, bundle, batch=1), list(cfg.export.android.formats))
         meta = {"batch": 1, "task": "test", "input_layout": "NCHW" if len(case[3]) == 3 else "NC",
                 "input_normalization": {"mean": case[1].x_mean.tolist(), "std": case[1].x_std.tolist()},
-                "output_meaning": "angle", "kept_head": "label", "config_hash": "abc"}
+                "output_meaning": "angle", "kept_head": "label", "config_hash": "abc",
+                "output_columns": [{"name": "angle", "unit": "deg", "meaning": "rotation"}],
+                "input_shape": [1, *case[3]]}
         written = write_bundle(bundle, rows, meta)
         assert verify_bundle(bundle) == []
         for f in written["files"]:
@@ -156,15 +158,19 @@ def test_android_bundle_fixed_shapes_metadata_and_hashes(mlp_case, cnn_case, tmp
             x = case[1].x["test"][:1]
             assert np.isfinite(m(x)).all()
         readme = (bundle / "README.md").read_text()
-        assert "ai.onnxruntime.OrtSession" in readme and "org.tensorflow.lite.Interpreter" in readme
-        assert "student.ort" in readme and f"{case[1].x_std[0]:.6g}f" in readme
+        kotlin = {p.name: p.read_text() for p in (bundle / "kotlin").glob("*.kt")}
+        assert "import ai.onnxruntime.OrtSession" in kotlin["StudentOrt.kt"]
+        assert "import org.tensorflow.lite.Interpreter" in kotlin["StudentInterpreter.kt"]
+        assert "import com.google.ai.edge.litert.CompiledModel" in kotlin["StudentLiteRt.kt"]
+        assert "student.ort" in readme and f"{case[1].x_std[0]:.9g}f" in kotlin["StudentModel.kt"]
 
 
 def test_a_damaged_bundle_file_is_detected(mlp_case, tmp_path):
     bundle = tmp_path / "b"
     rows = export_all(_job(mlp_case, bundle, batch=1), ["onnx_fp32", "tflite_fp32"])
     write_bundle(bundle, rows, {"batch": 1, "task": "t", "input_layout": "NC", "output_meaning": "y",
-                                "input_normalization": {"mean": [0.0], "std": [1.0]}, "kept_head": "label"})
+                                "input_normalization": {"mean": [0.0], "std": [1.0]}, "kept_head": "label",
+                                "input_shape": [1, 1], "output_columns": [{"name": "y", "unit": "u", "meaning": "y"}]})
     data = (bundle / "student.onnx").read_bytes()
     (bundle / "student.onnx").write_bytes(data[: len(data) // 2])
     (bundle / "student_fp32.tflite").unlink()

@@ -14,6 +14,7 @@ from export.format_table import (
     REFERENCE,
     REFERENCE_INT8,
     ROWS,
+    SERVER_DEFAULT,
     FormatName,
     FormatRow,
 )
@@ -45,6 +46,8 @@ def test_the_table_is_consistent():
         assert r.runtime == ("litert" if r.file.endswith(".tflite") else "onnxruntime")
         assert r.strict == (r.precision == "fp32")  # fp32 files must match PyTorch; the rest have limits
         assert bool(r.variant) == (r.made_by == "onnx2tf") and r.description
+        assert bool(r.ort_style) == r.file.endswith(".ort") == bool(r.execution_providers)
+        assert r.server or r.android  # every format is written by default somewhere
     assert ANDROID_DEFAULT == tuple(r.name for r in FORMAT_TABLE if r.android)
 
 
@@ -52,7 +55,7 @@ def test_config_defaults_agree_with_the_table():
     from pipeline.config import Config
 
     cfg = Config()
-    assert tuple(cfg.export.formats) == FORMAT_NAMES
+    assert tuple(cfg.export.formats) == SERVER_DEFAULT == tuple(r.name for r in FORMAT_TABLE if r.server)
     assert tuple(cfg.export.android.formats) == ANDROID_DEFAULT
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from export.format_table import ANDROID_DEFAULT, FORMAT_NAMES, FormatName
+from export.format_table import ANDROID_DEFAULT, FORMAT_NAMES, SERVER_DEFAULT, FormatName
 from pipeline.options import Strict
 
 
@@ -62,7 +62,9 @@ class ExportConfig(Strict):
     simplify: bool = Field(True, description="run onnxsim on the exported graph")
     parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch")
     formats: list[FormatName] = Field(
-        ALL_FORMATS, min_length=1, description="formats written with a dynamic batch axis (server use) and benchmarked"
+        list(SERVER_DEFAULT), min_length=1,
+        description="formats written with a dynamic batch axis (server use) and benchmarked (default: every format "
+        "but the Runtime-style .ort files, which are for Android's XNNPACK / NNAPI execution providers)"
     )
     check_mobile: bool = Field(True, description="run ORT's mobile usability checker on every ONNX file")
     int8: Int8Config = Field(default_factory=Int8Config)

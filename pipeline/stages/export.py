@@ -16,7 +16,7 @@ from models.deploy import mobile_friendly
 from pipeline import qat
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Config
-from pipeline.data import OUTPUT_MEANING, Splits
+from pipeline.data import DATASETS, OUTPUT_MEANING, Splits
 from pipeline.errors import ParityError
 from pipeline.io import atomic_copy, atomic_write_json, sha256_file
 from pipeline.methods import METHODS
@@ -52,7 +52,29 @@ def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
         **({"classes": list(range(splits.n_classes)), "abstain_output": deployed_abstains(cfg)}
            if splits.task == "classification" else {}),
         "batch": batch or "dynamic",
+        "output_columns": output_columns(cfg, splits),
     }
+
+
+def output_columns(cfg: Config, splits: Splits) -> list[dict]:
+    """Every column of the deployed student's output, in order: name, unit and meaning (from the data
+    set's table row; your own data: its label columns), then the method's extra outputs (the
+    gambler's abstain logit, or a log-variance per regression output)."""
+    rows = DATASETS[cfg.data.name].outputs(cfg.data)
+    cols = [{"name": o.name, "unit": o.unit, "meaning": o.meaning} for o in rows]
+    if len(cols) != splits.out_features:  # a data set whose outputs the table cannot know: name them by index
+        names = splits.output_names or [f"output_{k}" for k in range(splits.out_features)]
+        unit = "radians" if splits.angles else "label units"
+        cols = [{"name": n, "unit": unit, "meaning": f"output {n}"} for n in names]
+    if splits.angles:
+        cols = [{**c, "unit": "radians"} for c in cols]
+    if not deployed_abstains(cfg):
+        return cols
+    if splits.task == "classification":
+        return cols + [{"name": "abstain", "unit": "logit", "meaning": "the gambler's abstain option: predict the "
+                        "argmax of the other logits; abstain when softmax(all logits)[abstain] is high"}]
+    return cols + [{"name": f"log_var_{c['name']}", "unit": f"log(({c['unit']})^2)",
+                    "meaning": f"log-variance of {c['name']}: abstain when it is high"} for c in cols]
 
 
 def given_teacher_row(cfg: Config, teacher_info: dict, src: Path, out_dir: Path) -> dict:
@@ -183,7 +205,8 @@ def stage_export(ctx: Context) -> list[str]:
     if "android" in result:
         bundle = ctx.run_dir / "android"
         written += [f"android/{r['file']}" for r in result["android"] if "file" in r]
-        written += [f"android/{p.name}" for p in bundle.iterdir() if p.suffix in (".json", ".md", ".config")]
+        written += [f"android/{p.relative_to(bundle)}" for p in bundle.rglob("*")
+                    if p.suffix in (".json", ".md", ".config", ".kt")]
     if ctx.path("required_operators.config").exists():
         written.append("required_operators.config")
     return sorted(set(written)) + ["export.json"]
