@@ -3,6 +3,7 @@ X_val, y_val, X_test, y_test; X holds feature vectors or images."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -26,14 +27,16 @@ from pipeline.data.sources.common import (
     split_sizes,
 )
 
+log = logging.getLogger(__name__)
+
 
 class NpzSource(RandomSplit):
     """Arrays X and y (optionally split), or X_train, y_train, X_val, y_val, X_test, y_test."""
 
     kind: Literal["npz"] = Field(description="source type")
     path: str = Field(description=".npz file written by numpy.savez")
-    val_fraction: float = fraction_field(0.15, "validation")
-    test_fraction: float = fraction_field(0.2, "test")
+    val_fraction: float = fraction_field(0.15, "validation (of the train samples, when 'split' has no val)")
+    test_fraction: float = fraction_field(0.2, "test (of the train samples, when 'split' has no test)")
 
 
 _PRESPLIT = [f"{a}_{s}" for s in SPLIT_NAMES for a in ("X", "y")]
@@ -176,8 +179,10 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
                 )
                 where = [f"split[{i}]" for i in range(n)]
                 codes = parse_split_values(values, where, what, "strings train, val, test or integers 0, 1, 2")
-                idx = split_indices(codes, what, "array 'split'")
-                split_how = "split from the file"
+                idx, note = split_indices(codes, what, "array 'split'", cfg.val_fraction, cfg.test_fraction, seed)
+                split_how = "split from the file" + (f" ({note.split(': ', 1)[1]})" if note else "")
+                if note:
+                    log.info("%s: %s", what, note)
             else:
                 idx = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what)
                 split_how = "random split"
