@@ -1,8 +1,6 @@
 """Splits as users have them (issue 19, item 3): a split column holding any subset of train/val/test
 (the missing splits carved from train, seeded), and ``features: null`` leaving out row-index columns."""
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -32,10 +30,9 @@ def a_values(d, s):
     return sorted((d.x[s][:, 0] / 0.5).round().astype(int).tolist())  # row i has a = 0.5 i
 
 
-def test_train_test_column_carves_val_from_train_with_val_fraction_seeded(tmp_path, caplog):
+def test_train_test_column_carves_val_from_train_with_val_fraction_seeded(tmp_path):
     rows = rows_with_split(200, lambda i: "test" if i % 4 == 0 else "train")
-    with caplog.at_level(logging.INFO, logger="pipeline"):
-        d = load(tmp_path, rows, seed=3, split_column="part", val_fraction=0.2)
+    d = load(tmp_path, rows, seed=3, split_column="part", val_fraction=0.2)
     train_rows = [i for i in range(200) if i % 4]
     assert a_values(d, "test") == list(range(0, 200, 4))  # the given test split is untouched
     assert len(d.x["val"]) == round(150 * 0.2) == 30 and len(d.x["train"]) == 120
@@ -43,7 +40,7 @@ def test_train_test_column_carves_val_from_train_with_val_fraction_seeded(tmp_pa
     assert np.array_equal(d.y["val"][:, 0], d.x["val"][:, 0] * 3)  # rows keep their labels
     assert np.all(np.diff(d.x["val"][:, 0]) > 0)  # each split keeps file order
     note = "split_column 'part' holds no val rows: 30 val rows (val_fraction=0.2) carved at random (seed 3)"
-    assert any(note in r.getMessage() for r in caplog.records)
+    assert d.notes[-1] == f"csv d.csv: {note} from its 150 train rows"  # the data stage logs them
     assert "30 val rows (val_fraction=0.2) carved at random" in d.description
     same = load(tmp_path, rows, seed=3, split_column="part", val_fraction=0.2)
     other = load(tmp_path, rows, seed=4, split_column="part", val_fraction=0.2)
@@ -79,17 +76,16 @@ def test_splits_that_cannot_be_completed_are_one_line_errors(tmp_path, part, kw,
     assert expect in str(info.value) and "\n" not in str(info.value)
 
 
-def test_features_null_leaves_out_row_index_columns_with_a_line(tmp_path, caplog):
+def test_features_null_leaves_out_row_index_columns_with_a_line(tmp_path):
     n = 40
     perm = np.random.default_rng(1).permutation(n)
     header = ["Unnamed: 0", "rownames", "n", "id", "index", "a", "count", "b", "y"]
     rows = [[i, int(perm[i]) + 1, i + 1, i % 5, f"{i}.5", 0.5 * i, 20 + i, "pq"[i % 2], 1.5 * i] for i in range(n)]
-    with caplog.at_level(logging.INFO, logger="pipeline"):
-        d = load(tmp_path, rows, header=header)
+    d = load(tmp_path, rows, header=header)
     # left out: counts 0.. (and named Unnamed: 0), a named index of unique integers in any order, counts 1..;
     # kept: 'id' that repeats, 'index' that is not integer, 'count' = 20, 21, ... (not a row number)
     assert d.feature_names == ["id", "index", "a", "count", "b=p", "b=q"]
-    lines = [r.getMessage() for r in caplog.records if "left out of the features" in r.getMessage()]
+    lines = [n for n in d.notes if "left out of the features" in n]
     assert len(lines) == 3
     assert "column 'rownames' left out of the features: its name 'rownames' and unique integers" in lines[1]
     assert "column 'n' left out of the features: its values count 1, 2, ... 40 in file order" in lines[2]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.data import OUTPUT_MEANING, Splits, make_dataset
+from pipeline.data.preprocessing import build_spec
 from pipeline.io import atomic_write_json, sha256_file
 from pipeline.metrics import regression_metrics, require_finite
 from pipeline.runner import Context
@@ -16,6 +17,8 @@ def stage_data(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = make_dataset(cfg.data, cfg.seed)
     check_splits_finite(splits)
+    if splits.preprocessing is None:  # a built-in data set: numeric inputs x (x0, x1, ...) or images
+        splits.preprocessing = build_spec(splits)
     splits.save(ctx.path("data.npz"))
     summary = {
         "dataset": cfg.data.name,
@@ -33,6 +36,7 @@ def stage_data(ctx: Context) -> list[str]:
             "label_noise_type": cfg.data.noise.label_noise_type,
             "flipped_share": {s: float(splits.outlier[s].mean()) for s in ("train", "val")}}),
         "x_mean": splits.x_mean, "x_std": splits.x_std,
+        "preprocessing": splits.preprocessing,
     }
     atomic_write_json(ctx.path("data.json"), summary)
     return ["data.npz", "data.json"]

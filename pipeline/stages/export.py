@@ -52,6 +52,9 @@ def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
         **({"classes": list(range(splits.n_classes)), "abstain_output": deployed_abstains(cfg)}
            if splits.task == "classification" else {}),
         "batch": batch or "dynamic",
+        # feature order, standardisation, one-hot categories, label scale: how an app builds an input
+        # from a raw record (pipeline/data/preprocessing.py; also in data.json)
+        **({"preprocessing": splits.preprocessing} if splits.preprocessing else {}),
     }
 
 

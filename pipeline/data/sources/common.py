@@ -3,7 +3,7 @@ path checks, and the train/val/test split (random with the run's seed, or given 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class SourceData:
     angles: bool  # outputs are (pitch, yaw) in radians
     description: str  # one line for the report
     feature_names: list[str]  # d names for vectors, [] for images
+    # a table's raw columns in input order: {"column", "type": "numeric"} or {"column", "type":
+    # "categorical", "categories": [...]} (pipeline.data.preprocessing); [] for one numeric input per name
+    columns: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was done for the user (logged by the data stage)
 
 
 def resolve_path(path: str, base: Path | None) -> Path:

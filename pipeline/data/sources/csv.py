@@ -3,7 +3,6 @@ ones one-hot encoded, a random split or a split column."""
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Literal
@@ -24,8 +23,6 @@ from pipeline.data.sources.common import (
     split_sizes,
 )
 from pipeline.data.sources.csv_reader import Table, numeric_block, read_table
-
-log = logging.getLogger(__name__)
 
 # names that say "row number" (case-insensitive): R's write.csv, pandas' to_csv/read_csv, databases
 INDEX_NAMES = {"rownames", "row.names", "row_names", "rowname", "index", "idx", "id", "row", "row_id", "rowid",
@@ -82,7 +79,8 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
     if cfg.split_column is not None:
         table.column(cfg.split_column, "split")
     skip = set(cfg.labels) | ({cfg.split_column} if cfg.split_column else set())
-    features = cfg.features if cfg.features is not None else default_features(table, skip, cfg.categorical)
+    notes: list[str] = []
+    features = cfg.features if cfg.features is not None else default_features(table, skip, cfg.categorical, notes)
     if not features:
         raise DataError(f"{what}: no feature columns left; the columns are {', '.join(table.header)}, all labels")
     for c in features + cfg.categorical:
@@ -110,7 +108,7 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
         idx, note = split_indices(codes, what, f"split_column '{cfg.split_column}'", cfg.val_fraction,
                                   cfg.test_fraction, seed)
         if note:
-            log.info("%s: %s", what, note)
+            notes.append(f"{what}: {note}")
     else:
         idx, note = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what), ""
 
@@ -118,6 +116,7 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
     blocks: list[np.ndarray] = []
     names: list[str] = []
     mask: list[bool] = []
+    columns: list[dict] = []
     for c in features:
         if c in cfg.categorical:
             cells = np.asarray(cats[c], dtype=object)
@@ -125,10 +124,12 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
             blocks.append(np.stack([cells == v for v in levels], axis=1).astype(np.float64))
             names += [f"{c}={v}" for v in levels]
             mask += [False] * len(levels)
+            columns.append({"column": c, "type": "categorical", "categories": levels})
         else:
             blocks.append(x_num[:, [numeric.index(c)]])
             names.append(c)
             mask.append(True)
+            columns.append({"column": c, "type": "numeric"})
     x_all = np.concatenate(blocks, axis=1).astype(np.float32)
     x = {s: x_all[i] for s, i in idx.items()}
     ys = {s: y[i].astype(np.float32) for s, i in idx.items()}
@@ -146,10 +147,12 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
             f"{split_how} {split_sizes(x)}"
         ),
         feature_names=names,
+        columns=columns,
+        notes=notes,
     )
 
 
-def default_features(table: Table, skip: set[str], categorical: list[str]) -> list[str]:
+def default_features(table: Table, skip: set[str], categorical: list[str], notes: list[str]) -> list[str]:
     """``features: null``: every column that is not a label or the split column, leaving out (with a
     line saying so) numeric columns that look like a row index: unique integers that either count
     0, 1, 2, ... or 1, 2, 3, ... in file order, or sit in a column named like an index (rownames, index,
@@ -159,8 +162,8 @@ def default_features(table: Table, skip: set[str], categorical: list[str]) -> li
         if c in skip:
             continue
         if c not in categorical and (why := _index_like(c, table.column(c, "feature"))):
-            log.info("%s: column '%s' left out of the features: %s, so it looks like a row index (list it under "
-                     "features to use it)", table.what, c, why)
+            notes.append(f"{table.what}: column '{c}' left out of the features: {why}, so it looks like a row index "
+                         "(list it under features to use it)")
             continue
         out.append(c)
     return out

@@ -3,7 +3,6 @@ X_val, y_val, X_test, y_test; X holds feature vectors or images."""
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +25,6 @@ from pipeline.data.sources.common import (
     split_indices,
     split_sizes,
 )
-
-log = logging.getLogger(__name__)
 
 
 class NpzSource(RandomSplit):
@@ -150,7 +147,7 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
                         f"{what}: X_{s}/y_{s} have sample shapes {x[s].shape[1:]}/{y[s].shape[1:]} but "
                         f"X_train/y_train have {x['train'].shape[1:]}/{y['train'].shape[1:]}; they must match"
                     )
-            split_how = "split from the file"
+            split_how, notes = "split from the file", []
         else:
             if missing := [k for k in ("X", "y") if k not in present]:
                 raise DataError(
@@ -181,11 +178,10 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
                 codes = parse_split_values(values, where, what, "strings train, val, test or integers 0, 1, 2")
                 idx, note = split_indices(codes, what, "array 'split'", cfg.val_fraction, cfg.test_fraction, seed)
                 split_how = "split from the file" + (f" ({note.split(': ', 1)[1]})" if note else "")
-                if note:
-                    log.info("%s: %s", what, note)
+                notes = [f"{what}: {note}"] if note else []
             else:
                 idx = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what)
-                split_how = "random split"
+                split_how, notes = "random split", []
             x = {s: x_all[i] for s, i in idx.items()}
             y = {s: y_all[i] for s, i in idx.items()}
     image = x["train"].ndim == 4
@@ -204,4 +200,5 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
             + f", {k} outputs, {split_how} {split_sizes(x)}"
         ),
         feature_names=[] if image else [f"x{j}" for j in range(d)],
+        notes=notes,
     )
