@@ -21,9 +21,9 @@ CONFIG = {
     "seed": 1,
     "teacher": {"hidden": [64, 64], "train": {"epochs": 12, "patience": 5, "lr": 0.003}},
     "student": {"hidden": [8]},
-    "distill": {"baselines": [], "train": {"epochs": 12, "patience": 5, "lr": 0.005}},
+    "distill": {"baselines": ["scratch"], "train": {"epochs": 12, "patience": 5, "lr": 0.005}},
     "export": {"formats": FP32 + QUANTIZED, "android": {"enabled": False}},
-    "bench": {"targets": ["host"], "warmup": 1, "runs": 3},
+    "bench": {"targets": ["host"], "warmup": 1, "runs": 3, "formats": ["onnx_fp32"]},
 }
 HEADER = ["rownames", "size", "age", "colour", "shape", "price", "part"]
 
@@ -41,6 +41,7 @@ def table(n=300, seed=0):
     for i, r in enumerate(rows):  # the test rows hold a colour never seen in training
         if r[6] == "test" and i % 7 == 0:
             r[3] = "purple"
+    next(r for r in rows if r[6] == "test")[1] = "500.000"  # a size far beyond the training range
     return rows
 
 
@@ -158,3 +159,52 @@ def test_apply_spec_unknown_categories_and_out_of_range_rows():
     assert x.tolist() == [[0, 0, 1, 0], [2, 0, 0, 0], [-1, 0, 0, 1]]
     assert info == {"unknown_categories": {"c": 1}, "rows_outside_training_range": 2, "outside_by_column": {"a": 2}}
     assert 'when (cat("c"))' in kotlin_build_input({**spec, "input": "table", "format": "f"})
+
+
+def test_the_report_says_only_what_it_can_know_about_your_data(run):
+    d, _ = run
+    md = (d / "run" / "report.md").read_text()
+    data = json.loads((d / "run" / "data.json").read_text())
+    assert data["test_labels"] == "as given" and data["outliers_known"] is False
+    assert data["out_of_range_inputs"]["test"] >= 1  # the size of 500
+    assert "clean test set" not in md and "Accuracy on the test split (labels as given)" in md
+    assert "outlier labels in your file: unknown (labels taken as given; none injected)" in md
+    assert f"rows with a feature outside the training range: val {data['out_of_range_inputs']['val']}, test " in md
+    # TOR's threshold and flagged share are in the report; real outliers are unknown here, so not claimed
+    methods = json.loads((d / "run" / "distill.json").read_text())["methods"]
+    rej = methods["tor_mt"]["rejection"]
+    assert 0 < rej["flagged_share"] < 0.5 and "real_outliers" not in rej
+    assert rej["threshold_label_units"] == pytest.approx(rej["threshold_std_units"] * data["preprocessing"]["labels"]
+                                                         ["std"][0], rel=1e-6)
+    row = next(line for line in md.splitlines() if line.startswith("| tor_mt |"))
+    assert f"{rej['flagged_share']:.3f}" in row and "real ones flagged" not in md
+    # the teacher head is trained by tor_mt only: scratch shows none
+    assert methods["scratch"]["test_teacher_head"] is None and methods["tor_mt"]["test_teacher_head"]["rmse"] > 0
+    scratch = next(line for line in md.splitlines() if line.startswith("| student `scratch`"))
+    assert scratch.split("|")[6].strip() == "–"
+    # only ONNX files were benched: no LiteRT floor
+    bench = json.loads((d / "run" / "bench" / "host.json").read_text())["results"]
+    assert {r["runtime"] for r in bench} == {"onnxruntime"}
+
+
+def test_clip_outputs_keeps_every_prediction_in_the_training_label_range(run, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.stages.export import export_student
+
+    d, _ = run
+    cfg = load_config(d / "run" / "config.yaml", ["export.clip_outputs=true"])
+    result = export_student(cfg, d / "run", tmp_path, ["onnx_fp32", "tflite_fp32"], False)
+    assert all(r["status"] == "ok" for r in result["formats"] if r["model"] == "student")
+    labels = json.loads((d / "run" / "data.json").read_text())["preprocessing"]["labels"]
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "student.onnx").metadata_props}
+    assert json.loads(meta["output_clipping"])["max"] == labels["train_max"]
+    rows = d / "far.csv"  # sizes far outside the training range push the unclipped student past the labels
+    write(rows, ["size", "age", "colour", "shape"], [["5000", "1", "red", "round"], ["-5000", "39", "blue", "square"]])
+    for name in ("student.onnx", "student_fp32.tflite"):
+        proc = run_cli("predict", "--run", d / "run", "--csv", rows, "--file", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+        clipped = np.array(proc.stdout.split()[1:], dtype=float)
+        assert clipped.tolist() == pytest.approx([labels["train_max"][0], labels["train_min"][0]], rel=1e-6)
+        assert "2 row(s) have a numeric feature outside the training range (size 2)" in proc.stderr
+    free = run_cli("predict", "--run", d / "run", "--csv", rows)  # the run's own file does not clip
+    assert float(free.stdout.split()[1]) > labels["train_max"][0]
