@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("info", "clear"),
                        help="info: path, entries and size; clear: remove every entry")
 
-    cfg = sub.add_parser("config", help="print the resolved config (or the key reference)")
+    cfg = sub.add_parser("config", help="print the resolved config, data keys of the chosen data set only "
+                                        "(or the key reference)")
     _add_config_args(cfg)
     cfg.add_argument("--reference", action="store_true", help="print the Markdown reference of every key")
     return ap
@@ -240,7 +241,11 @@ def cmd_config(args) -> int:
     if args.reference:
         print(config_reference(), end="")
         return 0
-    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    from pipeline.data.table import applicable
+
+    tree = load_config(args.config, args.overrides).to_dict()
+    tree["data"] = applicable(tree["data"])  # only the keys the chosen data set reads
+    print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
 
 

@@ -94,3 +94,22 @@ def test_features_null_leaves_out_row_index_columns_with_a_line(tmp_path):
     assert d.feature_names == ["rownames", "a", "b=p", "b=q"]
     d = load(tmp_path, rows, header=header, categorical=["rownames", "b"], features=None)
     assert any(f.startswith("rownames=") for f in d.feature_names) and "Unnamed: 0" not in d.feature_names
+
+
+def test_pipeline_config_shows_only_the_data_keys_of_the_chosen_data_set(tmp_path):
+    import yaml
+
+    from tests.conftest import ROOT, run_cli
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"name": "source", "source": {
+        "kind": "csv", "path": "d.csv", "labels": ["y"]}}}))
+    shown = {}
+    for name, args in (("source", ["--config", tmp_path / "c.yaml"]), ("sinusoid", []),
+                       ("digits", ["--config", ROOT / "configs" / "digits.yaml"])):
+        proc = run_cli("config", *args)
+        assert proc.returncode == 0, proc.stderr
+        shown[name] = yaml.safe_load(proc.stdout)["data"]
+    assert set(shown["source"]) == {"name", "source", "noise"}  # no n_train, amplitude, image_size, ...
+    assert shown["source"]["source"]["split_column"] is None
+    assert {"n_train", "amplitude", "x_min"} <= set(shown["sinusoid"]) and "source" not in shown["sinusoid"]
+    assert set(shown["digits"]) == {"name", "noise", "image_size"}
