@@ -179,7 +179,9 @@ def test_the_report_says_only_what_it_can_know_about_your_data(run):
     row = next(line for line in md.splitlines() if line.startswith("| tor_mt |"))
     assert f"{rej['flagged_share']:.3f}" in row and "real ones flagged" not in md
     # the teacher head is trained by tor_mt only: scratch shows none
-    assert methods["scratch"]["test_teacher_head"] is None and methods["tor_mt"]["test_teacher_head"]["rmse"] > 0
+    assert methods["scratch"]["trains_teacher_head"] is False and methods["tor_mt"]["trains_teacher_head"] is True
+    report = json.loads((d / "run" / "report.json").read_text())["students"]
+    assert report["scratch"]["test_teacher_head"] is None and report["tor_mt"]["test_teacher_head"]["rmse"] > 0
     scratch = next(line for line in md.splitlines() if line.startswith("| student `scratch`"))
     assert scratch.split("|")[6].strip() == "–"
     # only ONNX files were benched: no LiteRT floor

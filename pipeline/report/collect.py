@@ -73,7 +73,8 @@ def collect(run_dir: Path, cfg: Config) -> dict:
         | {"best_epoch": (teacher.get("history") or {}).get("best_epoch")},
         "students": {
             name: {k: v for k, v in m.items() if k != "history"} | {"best_epoch": m["history"]["best_epoch"]}
-            | ({} if name not in METHODS or METHODS[name].trains_teacher_head else {"test_teacher_head": None})
+            | ({} if m.get("trains_teacher_head", name not in METHODS or METHODS[name].trains_teacher_head)
+               else {"test_teacher_head": None})  # an untrained head's metric says nothing
             for name, m in distill.get("methods", {}).items()
         },
         "sizes": {k: distill.get(k) for k in ("teacher_params", "student_params", "deployed_params")},

@@ -76,9 +76,11 @@ def stage_distill(ctx: Context) -> list[str]:
             "deployed": name == cfg.distill.method,
             "history": hist.to_dict(),
             "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
-            # the teacher head is trained by the multi-task methods only (regression); others leave it at init
+            # the teacher head is trained by the multi-task methods only (trains_teacher_head); the others
+            # leave it at its initial weights, and the report shows no teacher-head metric for them
             "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
-            if splits.task == "regression" and method.trains_teacher_head else None,
+            if splits.task == "regression" else None,
+            "trains_teacher_head": method.trains_teacher_head,
             "file": rel,
             **outlier_rejection(method, splits),
         }
