@@ -47,3 +47,21 @@ def mobile_friendly(model: nn.Module) -> nn.Module:
             if type(child) in REWRITES:
                 setattr(parent, name, REWRITES[type(child)]())
     return model
+
+
+class ClipOutputs(nn.Module):
+    """``export.clip_outputs``: the model's first k outputs clipped to [low, high] (the training label
+    range, k = len(low)); any further outputs (an abstain output, log-variances) as they are. Exported
+    as Max/Min against constants, so every file clips the same way."""
+
+    def __init__(self, model: nn.Module, low, high):
+        super().__init__()
+        self.model = model
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).reshape(1, -1))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).reshape(1, -1))
+
+    def forward(self, x):
+        y = self.model(x)
+        k = self.low.shape[1]
+        clipped = torch.minimum(torch.maximum(y[:, :k], self.low), self.high)
+        return clipped if y.shape[1] == k else torch.cat([clipped, y[:, k:]], dim=1)

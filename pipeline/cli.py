@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline run|stages|report|export|cache|config``.
+"""Command line: ``python -m pipeline run|stages|report|export|predict|cache|config``.
 
 Library code logs; this module decides what the person sees. User mistakes (bad config, missing
 files) print one line and exit with code 2; a failed parity check exits with code 1.
@@ -72,11 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="output directory (default: the run directory)")
     exp.add_argument("--no-android", action="store_true", help="skip the Android bundle")
 
+    pred = sub.add_parser("predict", help="raw CSV rows -> the run's preprocessing -> an exported file -> predictions")
+    pred.add_argument("--run", required=True, help="run directory (its data.json holds the preprocessing)")
+    pred.add_argument("--csv", required=True, help="CSV with the run's feature columns (labels not needed)")
+    pred.add_argument("--file", help="exported file: a name in the run (e.g. student_int8_io.tflite, "
+                                     "android/student_fp32.tflite) or a path (default: student.onnx)")
+    pred.add_argument("--out", help="write the predictions here (CSV; default: standard output)")
+
     cache = sub.add_parser("cache", help="the conversion cache shared by every run (info, clear)")
     cache.add_argument("action", choices=("info", "clear"),
                        help="info: path, entries and size; clear: remove every entry")
 
-    cfg = sub.add_parser("config", help="print the resolved config (or the key reference)")
+    cfg = sub.add_parser("config", help="print the resolved config, data keys of the chosen data set only "
+                                        "(or the key reference)")
     _add_config_args(cfg)
     cfg.add_argument("--reference", action="store_true", help="print the Markdown reference of every key")
     return ap
@@ -205,6 +213,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from pipeline.predict import predict_csv, summary, write_predictions
+
+    run_dir = _existing_run(args.run)
+    pred = predict_csv(run_dir, Path(args.csv), args.file)
+    text = write_predictions(pred, args.out)
+    for line in summary(pred, len(pred.values)) + ([f"predictions: {args.out}"] if args.out else []):
+        print(line, file=sys.stderr)
+    if not args.out:
+        print(text, end="")
+    return 0
+
+
 def _same_dir(a: Path, b: Path) -> bool:
     try:
         return a.exists() and a.resolve() == b.resolve()
@@ -220,7 +241,11 @@ def cmd_config(args) -> int:
     if args.reference:
         print(config_reference(), end="")
         return 0
-    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    from pipeline.data.table import applicable
+
+    tree = load_config(args.config, args.overrides).to_dict()
+    tree["data"] = applicable(tree["data"])  # only the keys the chosen data set reads
+    print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
 
 
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.procs import Terminated, raise_on_sigterm
 
     commands = {"run": cmd_run, "report": cmd_report, "config": cmd_config, "stages": cmd_stages,
-                "export": cmd_export, "cache": cmd_cache}
+                "export": cmd_export, "predict": cmd_predict, "cache": cmd_cache}
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: temp directories and the lock are released
     try:
         args = build_parser().parse_args(argv)

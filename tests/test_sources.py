@@ -94,7 +94,7 @@ def test_csv_categorical_and_several_labels(tmp_path):
             r[2] = "red"
     header = HEADER + ["part"]
     rows = [r + [s] for r, s in zip(rows, split)]
-    d = load_csv(tmp_path, rows, header, categorical=["color"], split_column="part")
+    d = load_csv(tmp_path, rows, header, features=["id", "age", "color"], categorical=["color"], split_column="part")
     assert d.feature_names == ["id", "age", "color=green", "color=red"]
     assert d.standardise.tolist() == [True, True, False, False]
     assert d.output_names == ["y1", "y2"] and d.angles is False
@@ -122,15 +122,15 @@ def test_csv_default_features_exclude_labels_and_split_column_values_any_case(tm
         categorical=["color"],
         split_column="part",
     )
-    # train rows are i % 3 == 0, all red: green/blue rows (val/test) get all-zero one-hot columns
+    # train rows are i % 3 == 0, all red: green/blue rows (val/test) get all-zero one-hot columns;
+    # 'id' (0, 1, 2, ... in file order) looks like a row index and is left out
     assert d.feature_names == [
-        "id",
         "age",
         "color=red",
         "y1",
-    ] and d.standardise.tolist() == [1, 1, 0, 1]
-    assert (d.x["val"][:, 2] == 0).all() and (d.x["train"][:, 2] == 1).all()
-    assert sorted(d.x["val"][:, 0].astype(int).tolist()) == list(range(1, 30, 3))
+    ] and d.standardise.tolist() == [1, 0, 1]
+    assert (d.x["val"][:, 1] == 0).all() and (d.x["train"][:, 1] == 1).all()
+    assert sorted(d.x["val"][:, 0].astype(int).tolist()) == list(range(21, 50, 3))
     assert d.y["val"].shape == (10, 1)
 
 
@@ -141,7 +141,7 @@ def test_csv_explicit_feature_subset(tmp_path):
 
 
 def test_csv_random_split_is_deterministic_and_covers_every_row(tmp_path):
-    ids = lambda d: {s: d.x[s][:, 0].astype(int).tolist() for s in d.x}
+    ids = lambda d: {s: (d.x[s][:, 0] - 20).astype(int).tolist() for s in d.x}  # age = 20 + row (id is left out)
     a = ids(load_csv(tmp_path, seed=1, categorical=["color"]))
     b = ids(load_csv(tmp_path, seed=1, categorical=["color"]))
     c = ids(load_csv(tmp_path, seed=2, categorical=["color"]))
@@ -229,8 +229,9 @@ def test_csv_bad_split_values_and_empty_split(tmp_path):
     msg = split_error("validation")
     assert "row 1 (line 2), column 'part': split value 'validation' is not allowed (15 bad" in msg
     assert "allowed: train, val, test" in msg
-    msg = split_error("test")
-    assert "leaves the val split empty (train 15, val 0, test 15)" in msg
+    rows = [r + ["val" if i % 2 else "test"] for i, r in enumerate(table_rows())]
+    msg = data_error(load_csv, tmp_path, rows, HEADER + ["part"], categorical=["color"], split_column="part")
+    assert "leaves the train split empty (train 0, val 15, test 15)" in msg
 
 
 def test_csv_too_few_rows_and_fraction_that_empties_a_split(tmp_path):
@@ -320,11 +321,11 @@ def test_npz_split_array_strings_and_ints(tmp_path):
     assert "integers 0, 1, 2" in msg
     msg = data_error(
         load_source,
-        npz(tmp_path, X=x, y=y, split=np.array(["train"] * 5 + ["test"])),
+        npz(tmp_path, X=x, y=y, split=np.array(["val"] * 5 + ["test"])),
         0,
         tmp_path,
     )
-    assert "leaves the val split empty" in msg
+    assert "leaves the train split empty" in msg
 
 
 def test_npz_presplit_and_images(tmp_path):

@@ -67,6 +67,9 @@ class ExportConfig(Strict):
         "but the Runtime-style .ort files, which are for Android's XNNPACK / NNAPI execution providers)"
     )
     check_mobile: bool = Field(True, description="run ORT's mobile usability checker on every ONNX file")
+    clip_outputs: bool = Field(
+        False, description="regression: clip the student's outputs to the training label range inside every "
+        "exported file (the range is in the files' metadata, preprocessing.labels)")
     int8: Int8Config = Field(default_factory=Int8Config)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     android: AndroidConfig = Field(default_factory=AndroidConfig)

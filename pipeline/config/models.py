@@ -22,7 +22,12 @@ class TeacherConfig(Strict):
     channels: list[int] = Field([32, 64, 128], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     loss: Literal["mse", "l1", "huber"] = Field(
-        "mse", description="regression loss on the (noisy) labels (classification always uses cross-entropy)"
+        "mse", description="regression loss on the (noisy) labels (classification always uses cross-entropy); l1 "
+        "and huber are robust to outlier labels, and early stopping uses the same loss on the validation split"
+    )
+    huber_delta: float | None = Field(
+        None, gt=0, description="loss=huber: where the loss turns linear, in standardised label units; null: "
+        "1.345 x the MAD scale (1.4826 x median absolute deviation) of each standardised training label"
     )
     srl: SRLConfig = Field(default_factory=SRLConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import json
+
 import numpy as np
 
 from pipeline.data.options import NoiseConfig
@@ -37,6 +39,8 @@ class Splits:
     # are rescaled afterwards, so deployed models predict in label units. Identity for the built-in sets.
     y_mean: np.ndarray | None = None
     y_std: np.ndarray | None = None
+    # what an app repeats to build an input from a raw record (pipeline/data/preprocessing.py)
+    preprocessing: dict | None = None
 
     @property
     def task(self) -> str:
@@ -53,6 +57,8 @@ class Splits:
                   "description": np.array(self.description)}
         if self.y_mean is not None:
             arrays.update(y_mean=self.y_mean, y_std=self.y_std)
+        if self.preprocessing is not None:
+            arrays.update(preprocessing=np.array(json.dumps(self.preprocessing, sort_keys=True)))
         for s in SPLITS:
             arrays.update(
                 {
@@ -83,6 +89,7 @@ class Splits:
                 description=str(z["description"]) if "description" in z.files else "",
                 y_mean=z["y_mean"] if "y_mean" in z.files else None,
                 y_std=z["y_std"] if "y_std" in z.files else None,
+                preprocessing=json.loads(str(z["preprocessing"])) if "preprocessing" in z.files else None,
             )
 
 

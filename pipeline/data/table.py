@@ -39,6 +39,7 @@ class DataSet:
     outputs: Callable[[DataOptions], tuple[Output, ...]]  # the model's outputs in order (classification: logits)
     summary: str  # what the outputs mean, one line: the report and every exported file's metadata
     build: Callable[[DataOptions, int], Splits]  # (data config, seed) -> splits; the same seed, the same arrays
+    keys: tuple[str, ...] = ()  # the data section's keys its builder reads, beyond name and noise (pipeline config)
 
 
 def _image(cfg: DataOptions) -> tuple[int, ...]:
@@ -55,6 +56,7 @@ BUILTIN: tuple[DataSet, ...] = (
         outputs=lambda cfg: (Output("y", "label units", "A*sin(f*x + phase) of the input x"),),
         summary="y = A*sin(f*x + phase), label units",
         build=make_sinusoid,
+        keys=("n_train", "n_val", "n_test", "x_min", "x_max", "amplitude", "frequency", "phase"),
     ),
     DataSet(
         name="digits_rotation", task="regression",
@@ -62,6 +64,7 @@ BUILTIN: tuple[DataSet, ...] = (
         outputs=lambda cfg: (Output("angle", "deg", "in-plane rotation of the digit, counter-clockwise"),),
         summary="in-plane rotation angle of the digit, degrees (counter-clockwise)",
         build=make_digits_rotation,
+        keys=("n_train", "n_val", "n_test", "image_size", "max_angle"),
     ),
     DataSet(
         name="digits", task="classification",
@@ -70,6 +73,7 @@ BUILTIN: tuple[DataSet, ...] = (
                                   for k in range(N_CLASSES)),
         summary="logits of the 10 digit classes 0..9 (softmax for probabilities)",
         build=make_digits,
+        keys=("image_size",),  # every image once, a fixed 60/15/25 % split
     ),
     DataSet(
         name="pose", task="regression",
@@ -79,6 +83,7 @@ BUILTIN: tuple[DataSet, ...] = (
         summary="in-plane roll of the crop (degrees, counter-clockwise) and its log2 scale (then shift x, y in px "
                 "when data.pose.max_shift > 0)",
         build=make_pose_dataset,
+        keys=("n_train", "n_val", "n_test", "image_size", "pose"),
     ),
 )
 
@@ -89,6 +94,7 @@ SOURCE = DataSet(
     outputs=lambda cfg: tuple(Output(name, unit, f"label column {name}") for name, unit in source_outputs(cfg)),
     summary="the label columns of your data, in their own units",
     build=make_source,
+    keys=("source",),
 )
 
 DATASETS: dict[str, DataSet] = {row.name: row for row in (*BUILTIN, SOURCE)}
@@ -125,3 +131,10 @@ def n_outputs(cfg: DataConfig) -> int:
 
 def make_dataset(cfg: DataConfig, seed: int) -> Splits:
     return DATASETS[cfg.name].build(cfg, seed)
+
+
+def applicable(data: dict) -> dict:
+    """The data section (as a dict) with only the keys that apply to its data set: ``name``, ``noise``
+    and the keys its builder reads (``pipeline config`` prints this)."""
+    keep = {"name", "noise", *DATASETS[data["name"]].keys}
+    return {k: v for k, v in data.items() if k in keep}

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
 from pipeline.data.options import DataOptions
+from pipeline.data.preprocessing import build_spec
 from pipeline.data.sources import SourceData, load_source
 from pipeline.data.splits import Splits, learn_standardised, noisy_train_val, normalised
+
+log = logging.getLogger(__name__)
 
 _SOURCE_CACHE: dict[str, tuple[int, SourceData]] = {}
 
@@ -39,8 +43,14 @@ def make_source(cfg: DataOptions, seed: int) -> Splits:
     """Your own data: annotation error is injected into train/val labels only if ``data.noise`` is set;
     labels are learned standardised."""
     src = read_source(cfg, seed)
+    for note in src.notes:  # columns left out, splits carved: said once, by the data stage
+        log.info("%s", note)
     rng_noise = np.random.default_rng([seed, 1])
     y, outlier = noisy_train_val(src.y, cfg.noise, rng_noise)
     splits = normalised(src.x, y, src.y, outlier, standardise=src.standardise)
     splits.output_names, splits.angles, splits.description = list(src.output_names), bool(src.angles), src.description
-    return learn_standardised(splits)
+    splits = learn_standardised(splits)
+    names = src.feature_names or None
+    splits.preprocessing = build_spec(splits, src.columns or ([{"column": n, "type": "numeric"} for n in names]
+                                                             if names else None))
+    return splits

@@ -162,6 +162,7 @@ class TrainingSet:
 class Method:
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = True
+    trains_teacher_head: ClassVar[bool] = False  # its loss has a term on the teacher head (else the head stays at init)
     tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
     options: ClassVar[dict[str, type[Strict]]] = {}  # the distill.<key> sections it reads, as self.<key>
 

@@ -83,9 +83,9 @@ class TOR(Method):
     def __init__(self, opts, teacher_residuals: np.ndarray | None = None, **kw):
         super().__init__(opts, teacher_residuals, **kw)
         self.delta = tor_threshold(self.tor, teacher_residuals)
-        self.outlier_share = (
-            float(np.mean(norms(teacher_residuals) > self.delta)) if teacher_residuals is not None else None
-        )
+        # the training samples whose label is rejected (|y - y_teacher| > delta): fixed before training
+        self.flagged = norms(teacher_residuals) > self.delta if teacher_residuals is not None else None
+        self.outlier_share = float(np.mean(self.flagged)) if self.flagged is not None else None
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         return tor_loss(label_out, y, y_teacher, self.delta, self.tor.mode)[0]
@@ -106,6 +106,7 @@ class TORMultiTask(TOR):
 
     options = {**TOR.options, "tor_mt": TORMTConfig}
     tor_mt: TORMTConfig
+    trains_teacher_head = True
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         w = self.tor_mt

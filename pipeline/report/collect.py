@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.format_table import REFERENCE, REFERENCE_INT8
 from pipeline.config import Config
+from pipeline.methods import METHODS
 from pipeline.metrics import minus_floor
 from pipeline.report.verdicts import file_verdicts
 from pipeline.toolchain import constraints_info
@@ -72,6 +73,8 @@ def collect(run_dir: Path, cfg: Config) -> dict:
         | {"best_epoch": (teacher.get("history") or {}).get("best_epoch")},
         "students": {
             name: {k: v for k, v in m.items() if k != "history"} | {"best_epoch": m["history"]["best_epoch"]}
+            | ({} if m.get("trains_teacher_head", name not in METHODS or METHODS[name].trains_teacher_head)
+               else {"test_teacher_head": None})  # an untrained head's metric says nothing
             for name, m in distill.get("methods", {}).items()
         },
         "sizes": {k: distill.get(k) for k in ("teacher_params", "student_params", "deployed_params")},

@@ -21,6 +21,10 @@ def _savefig(fig, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def _test_set(cfg: Config) -> str:
+    return "test split (labels as given)" if cfg.data.name == "source" else "clean test set"
+
+
 def _plot_fit_1d(plt, splits, teacher_test, student_test, cfg):
     """Vector input of one feature: truth, noisy labels, teacher and student against x."""
     order = np.argsort(splits.x_raw["test"][:, 0])
@@ -49,9 +53,9 @@ def _plot_pred_vs_true(plt, splits, teacher_test, student_test, cfg):
     ax.scatter(y, student_test[:, 0], s=5, alpha=0.5, c="tab:green", label=f"student ({cfg.distill.method})")
     lo, hi = float(y.min()), float(y.max())
     ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="ideal")
-    ax.set_xlabel("clean test label")
+    ax.set_xlabel("test label (as given)" if cfg.data.name == "source" else "clean test label")
     ax.set_ylabel("prediction")
-    ax.set_title("Predictions on the clean test set")
+    ax.set_title("Predictions on the " + _test_set(cfg))
     ax.legend(fontsize=8)
     return fig
 
@@ -75,7 +79,7 @@ def _plot_coverage_risk(plt, splits, teacher_test, student_test, cfg):
         ax.plot(covs * 100, [r[f"{round(c * 100):d}"] for c in covs], marker=".", label=label)
     ax.set_xlabel("coverage, % of test samples kept")
     ax.set_ylabel("selective risk (error rate on kept samples)")
-    ax.set_title("Coverage-risk on the clean test set")
+    ax.set_title("Coverage-risk on the " + _test_set(cfg))
     ax.legend(fontsize=8)
     return fig
 

@@ -5,7 +5,26 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from pipeline.report.tables import Table, _task
+from pipeline.report.tables import Table, _task, test_set_name
+
+
+def data_line(rep: dict) -> str:
+    """Where the data came from, split sizes, what is known about its labels, inputs beyond the
+    training range: only what the run can know (your labels are as given)."""
+    d = rep["data"]
+    kind = "flipped" if _task(rep) == "classification" else "outlier"
+    known = d.get("outliers_known", True)
+    outliers = d.get("outliers") or {}
+    if known:
+        labels = f"{kind} labels {outliers}" + ("" if d.get("test_labels", "clean") == "clean" else
+                                                " (injected here; the labels in your file are taken as given)")
+    else:
+        labels = f"{kind} labels in your file: unknown (labels taken as given; none injected)"
+    text = f"{d.get('function', '')}; sizes {d.get('sizes')}; {labels}; evaluated on the {test_set_name(rep)}"
+    if (oor := d.get("out_of_range_inputs")) is not None:
+        text += ("; rows with a feature outside the training range: "
+                 + ", ".join(f"{s} {n}" for s, n in oor.items()) if oor else "")
+    return text + "."
 
 
 def to_markdown(rep: dict, tabs: list[Table], plots: list[str]) -> str:
@@ -15,8 +34,7 @@ def to_markdown(rep: dict, tabs: list[Table], plots: list[str]) -> str:
         f"pocketkd {rep['pocketkd_version']} · config hash `{rep['config_hash'][:12]}` · "
         + ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "pocketkd"),
         "",
-        f"Data: {rep['data'].get('function', '')}; sizes {rep['data'].get('sizes')}; "
-        f"{'flipped' if _task(rep) == 'classification' else 'outlier'} labels {rep['data'].get('outliers')}.",
+        "Data: " + data_line(rep),
         "",
     ]
     for title, header, rows in tabs:
@@ -39,7 +57,7 @@ def to_html(rep: dict, tabs: list[Table], plots: list[str]) -> str:
         "<h1>pocketkd report</h1>",
         f"<p>pocketkd {e(rep['pocketkd_version'])} · config hash <code>{e(rep['config_hash'][:12])}</code> · "
         + e(", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "pocketkd")) + "</p>",
-        f"<p>Data: {e(str(rep['data'].get('function', '')))}</p>",
+        f"<p>Data: {e(data_line(rep))}</p>",
     ]
     for title, header, rows in tabs:
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")

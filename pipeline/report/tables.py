@@ -19,6 +19,11 @@ def _f(v, digits=4) -> str:
     return str(v)
 
 
+def test_set_name(rep: dict) -> str:
+    """'clean test set' for the built-in data sets, 'test split (labels as given)' for your data."""
+    return "clean test set" if rep["data"].get("test_labels", "clean") == "clean" else "test split (labels as given)"
+
+
 def _task(rep: dict) -> str:
     return rep["data"].get("task", "regression")
 
@@ -66,7 +71,7 @@ def tables(rep: dict) -> list[Table]:
             _f(_metric(m.get("test_teacher_head"), k1)),
             _f(m.get("samples_used_share_mean"), 3),
         ])
-    out.append(("Accuracy on the clean test set (PyTorch)",
+    out.append((f"Accuracy on the {test_set_name(rep)} (PyTorch; teacher-head columns only for methods that train it)",
                 ["model", "params", "head", c1, c2, f"teacher-head {c1}", "samples back-propagated (share)"], rows))
     if task == "classification":
         covs = ["100", "95", "90", "80", "70", "50"]
@@ -76,8 +81,18 @@ def tables(rep: dict) -> list[Table]:
             rows.append([name, "softmax confidence", *(_f(h["risk_softmax"][c], 3) for c in covs)])
             if "risk_abstain" in h:
                 rows.append([name, "abstain output (gambler)", *(_f(h["risk_abstain"][c], 3) for c in covs)])
-        out.append(("Selective risk (error rate on the kept samples) at each coverage, clean test set",
+        out.append((f"Selective risk (error rate on the kept samples) at each coverage, {test_set_name(rep)}",
                     ["model", "abstains on", *(c + " %" for c in covs)], rows))
+    if rej := [(n, m["rejection"]) for n, m in rep["students"].items() if m.get("rejection")]:
+        known = any("real_outliers" in r for _, r in rej)
+        out.append(("Outlier rejection: training labels flagged by the teacher's residual (fixed before training)",
+                    ["method", "threshold (label units)", "threshold (std units)", "flagged", "flagged share",
+                     *(["real outliers", "flagged that are real", "real ones flagged"] if known else [])],
+                    [[n, _f(r.get("threshold_label_units")), _f(r["threshold_std_units"]), _f(r["flagged"]),
+                      _f(r["flagged_share"], 3),
+                      *([_f(r.get("real_outliers")), _f(r["flagged_real"] / r["flagged"], 3) if r["flagged"] else "–",
+                         _f(r["flagged_real"] / r["real_outliers"], 3) if r.get("real_outliers") else "–"]
+                        if known else [])] for n, r in rej]))
     vs = ("accuracy_drop_vs_torch", "accuracy drop vs torch") if task == "classification" else (
         "rmse_ratio_vs_torch", "RMSE / torch")
     header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", c1,

@@ -28,8 +28,9 @@ from pipeline.stages.export import export_environment
 log = logging.getLogger(__name__)
 
 
-def runtime_floor_models(bench_dir: Path) -> list[dict]:
-    """Trivial one-op models (ReLU of a 1x1 input) per runtime: their p50 is the runtime's overhead."""
+def runtime_floor_models(bench_dir: Path, runtimes: set[str] | None = None) -> list[dict]:
+    """Trivial one-op models (ReLU of a 1x1 input) per runtime: their p50 is the runtime's overhead.
+    Only for ``runtimes`` (the runtimes of the files benched; None: every runtime)."""
 
     bench_dir.mkdir(parents=True, exist_ok=True)
     graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "floor",
@@ -40,6 +41,10 @@ def runtime_floor_models(bench_dir: Path) -> list[dict]:
     onnx.checker.check_model(proto)
     floor = save_proto(proto, bench_dir / "floor.onnx")
     made = [{"model": "floor", "format": REFERENCE, "precision": "fp32", "file": "bench/floor.onnx"}]
+    if runtimes is not None and "onnxruntime" not in runtimes:
+        made = []
+    if runtimes is not None and "litert" not in runtimes:
+        return made
     try:
         onnx_to_tflite(floor, bench_dir, "floor", ("fp32",))
         made.append({"model": "floor", "format": "tflite_fp32", "precision": "fp32", "file": "bench/floor_fp32.tflite"})
@@ -59,7 +64,7 @@ def stage_bench(ctx: Context) -> list[str]:
     rows = json.loads(ctx.path("export.json").read_text())["formats"]
     files = [r for r in rows if r.get("status") in ("ok", "over_limit")  # every file that runs
              and (not b.formats or r["format"] in b.formats or r["model"] == "teacher")]
-    floors = runtime_floor_models(ctx.path("bench"))
+    floors = runtime_floor_models(ctx.path("bench"), {r["runtime"] for r in files})  # floors of benched runtimes only
     written = [f["file"] for f in floors]
     targets = sorted(b.targets, key=lambda t: t != "host")  # host first: the others are compared with it
     host_out: dict[str, np.ndarray] = {}

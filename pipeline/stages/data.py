@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.data import OUTPUT_MEANING, Splits, make_dataset
+from pipeline.data.preprocessing import build_spec
 from pipeline.io import atomic_write_json, sha256_file
 from pipeline.metrics import regression_metrics, require_finite
 from pipeline.runner import Context
@@ -16,6 +17,8 @@ def stage_data(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = make_dataset(cfg.data, cfg.seed)
     check_splits_finite(splits)
+    if splits.preprocessing is None:  # a built-in data set: numeric inputs x (x0, x1, ...) or images
+        splits.preprocessing = build_spec(splits)
     splits.save(ctx.path("data.npz"))
     summary = {
         "dataset": cfg.data.name,
@@ -33,9 +36,28 @@ def stage_data(ctx: Context) -> list[str]:
             "label_noise_type": cfg.data.noise.label_noise_type,
             "flipped_share": {s: float(splits.outlier[s].mean()) for s in ("train", "val")}}),
         "x_mean": splits.x_mean, "x_std": splits.x_std,
+        "preprocessing": splits.preprocessing,
+        # built-in sets know their clean test labels and their outliers; your data's labels are as given,
+        # and only outliers injected here (data.noise) are known
+        "test_labels": "as given" if cfg.data.name == "source" else "clean",
+        "outliers_known": cfg.data.name != "source" or bool(
+            cfg.data.noise.outlier_fraction > 0 or cfg.data.noise.label_noise > 0),
+        **({"out_of_range_inputs": out_of_range(splits)} if splits.x_raw["train"].ndim == 2 else {}),
     }
     atomic_write_json(ctx.path("data.json"), summary)
     return ["data.npz", "data.json"]
+
+
+def out_of_range(splits: Splits) -> dict:
+    """Rows per split with a numeric feature outside the training range (one-hot columns are 0/1 by
+    construction): predictions there are extrapolations."""
+    numeric = [f["input_index"] for f in (splits.preprocessing or {}).get("features", []) if f["type"] == "numeric"]
+    if not numeric:
+        return {}
+    train = splits.x_raw["train"][:, numeric]
+    lo, hi = train.min(axis=0), train.max(axis=0)
+    return {s: int(((splits.x_raw[s][:, numeric] < lo) | (splits.x_raw[s][:, numeric] > hi)).any(axis=1).sum())
+            for s in ("val", "test")}
 
 
 def check_splits_finite(splits: Splits) -> None:

@@ -76,11 +76,32 @@ def stage_distill(ctx: Context) -> list[str]:
             "deployed": name == cfg.distill.method,
             "history": hist.to_dict(),
             "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
-            # the teacher head is trained by the multi-task methods only (regression)
+            # the teacher head is trained by the multi-task methods only (trains_teacher_head); the others
+            # leave it at its initial weights, and the report shows no teacher-head metric for them
             "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
             if splits.task == "regression" else None,
+            "trains_teacher_head": method.trains_teacher_head,
             "file": rel,
+            **outlier_rejection(method, splits),
         }
     sizes = check_model_sizes(cfg, d_out, d_in)
     atomic_write_json(ctx.path("distill.json"), {"methods": results, **sizes})
     return [*written, "distill.json"]
+
+
+def outlier_rejection(method, splits: Splits) -> dict:
+    """A method that rejects labels (TOR): its threshold in label units, the share of training labels
+    it flags, and, when the outlier labels are known (injected here), how many flagged ones are real."""
+    flagged = getattr(method, "flagged", None)
+    if flagged is None:
+        return {}
+    scale = label_scale(splits)
+    out = {"rejection": {"threshold_std_units": float(method.delta),
+                         # one output: delta x the label std; several: a length in standardised units only
+                         "threshold_label_units": (float(method.delta * scale[1][0]) if scale is not None
+                                                   else float(method.delta)) if splits.out_features == 1 else None,
+                         "flagged": int(flagged.sum()), "flagged_share": float(flagged.mean())}}
+    real = splits.outlier["train"]
+    if real.any():  # known: outliers were injected (or the data set is built-in)
+        out["rejection"].update(real_outliers=int(real.sum()), flagged_real=int((flagged & real).sum()))
+    return out

@@ -12,7 +12,7 @@ from export.android import write_bundle
 from export.format_table import REFERENCE
 from export.checks import add_file_checks, non_finite_rows
 from export.int8_arith import host_int8_profile, profile_fingerprint
-from models.deploy import mobile_friendly
+from models.deploy import ClipOutputs, mobile_friendly
 from pipeline import qat
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Config
@@ -53,6 +53,12 @@ def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
            if splits.task == "classification" else {}),
         "batch": batch or "dynamic",
         "output_columns": output_columns(cfg, splits),
+        **({"output_clipping": {"min": label_range(splits)[0], "max": label_range(splits)[1],
+                                "applies_to": "the first outputs (one per label); inside the model"}}
+           if cfg.export.clip_outputs and splits.task == "regression" else {}),
+        # feature order, standardisation, one-hot categories, label scale: how an app builds an input
+        # from a raw record (pipeline/data/preprocessing.py; also in data.json)
+        **({"preprocessing": splits.preprocessing} if splits.preprocessing else {}),
     }
 
 
@@ -75,6 +81,12 @@ def output_columns(cfg: Config, splits: Splits) -> list[dict]:
                         "argmax of the other logits; abstain when softmax(all logits)[abstain] is high"}]
     return cols + [{"name": f"log_var_{c['name']}", "unit": f"log(({c['unit']})^2)",
                     "meaning": f"log-variance of {c['name']}: abstain when it is high"} for c in cols]
+
+
+def label_range(splits: Splits) -> tuple[list[float], list[float]]:
+    """Per label, the smallest and largest training label (as training saw them): export.clip_outputs."""
+    y = splits.y["train"]
+    return [float(v) for v in y.min(axis=0)], [float(v) for v in y.max(axis=0)]
 
 
 def given_teacher_row(cfg: Config, teacher_info: dict, src: Path, out_dir: Path) -> dict:
@@ -111,6 +123,8 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
             if not diff <= cfg.export.parity_atol:  # NaN fails too
                 raise ParityError(f"{model_file}: the ReLU6 form of hard-sigmoid/hard-swish differs from the trained "
                                   f"model by {diff:.3g} > export.parity_atol={cfg.export.parity_atol:g}")
+        if cfg.export.clip_outputs and model_file == "student.pt" and splits.task == "regression":
+            model = ClipOutputs(model, *label_range(splits)).eval()
         return model
 
     def job(model_file, stem, directory, batch):

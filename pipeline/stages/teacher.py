@@ -3,6 +3,7 @@ write its outputs on every split, the soft targets of distillation."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,58 @@ from pipeline.config import Config
 from pipeline.data import Splits
 from pipeline.given_teacher import given_teacher_predictions, load_given_checkpoint, onnx_param_count
 from pipeline.io import atomic_write, atomic_write_json, sha256_file
+from pipeline.methods.base import MAD_TO_SIGMA
 from pipeline.methods.self_regulation import SignificanceCounter, self_regulated_mask
 from pipeline.metrics import require_finite
 from pipeline.runner import Context
 from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
 from pipeline.train import fit, predict, seed_everything
 
+log = logging.getLogger(__name__)
 
-TEACHER_LOSSES = {
-    "mse": torch.nn.functional.mse_loss,
-    "l1": torch.nn.functional.l1_loss,
-    "huber": torch.nn.functional.huber_loss,
-}
+HUBER_K = 1.345  # Huber's tuning constant: 95 % efficiency on Gaussian residuals of scale sigma
+EARLY_BEST_SHARE = 0.05  # a best epoch within the first 5 % of the epochs run (at least the first 2) is suspect
+
+
+def teacher_loss(cfg: Config, y_train: np.ndarray):
+    """The regression loss per sample and output: mse, l1, or huber with ``delta`` per output (given, or
+    HUBER_K x the MAD scale of the standardised training labels). Returns (fn, delta or None)."""
+    if cfg.teacher.loss == "mse":
+        return (lambda out, y: torch.nn.functional.mse_loss(out, y, reduction="none")), None
+    if cfg.teacher.loss == "l1":
+        return (lambda out, y: torch.nn.functional.l1_loss(out, y, reduction="none")), None
+    y = np.asarray(y_train, dtype=np.float64).reshape(len(y_train), -1)
+    if cfg.teacher.huber_delta is not None:
+        delta = np.full(y.shape[1], cfg.teacher.huber_delta)
+    else:
+        delta = HUBER_K * MAD_TO_SIGMA * np.median(np.abs(y - np.median(y, axis=0)), axis=0)
+        delta = np.where(delta > 0, delta, 1.0)
+    d = torch.as_tensor(delta, dtype=torch.float32)
+
+    def huber(out, y):
+        a = (out - y).abs()
+        return torch.where(a <= d, 0.5 * a ** 2, d * (a - 0.5 * d))
+
+    return huber, [float(v) for v in delta]
+
+
+def teacher_warnings(hist, val_loss_fn, y_train: np.ndarray, y_val: np.ndarray, loss: str) -> list[str]:
+    """Why the teacher may have learned little: its best epoch came very early, or its validation loss
+    is no better than the median of the training labels predicted for every sample."""
+    out = []
+    early = max(2, int(EARLY_BEST_SHARE * hist.epochs_run))
+    if hist.epochs_run >= 10 and hist.best_epoch + 1 <= early:
+        out.append(f"warning: teacher: the best validation epoch is {hist.best_epoch + 1} of {hist.epochs_run} run "
+                   f"(within the first {early}); with outlier labels the {loss} validation loss may reward an "
+                   "early, underfitted model: try teacher.loss=l1 or huber")
+    median = torch.as_tensor(np.median(y_train, axis=0, keepdims=True), dtype=torch.float32)
+    yv = torch.as_tensor(y_val, dtype=torch.float32)
+    trivial = float(val_loss_fn(median.expand_as(yv), yv).mean())
+    if hist.best_val >= trivial:
+        out.append(f"warning: teacher: its validation {loss} ({hist.best_val:.4g}) is no better than predicting the "
+                   f"median training label for every sample ({trivial:.4g}); it has learned nothing the students "
+                   "can use: check the data, or try teacher.loss=l1 or huber and a longer training")
+    return out
 
 
 def train_teacher(cfg: Config, splits: Splits):
@@ -46,7 +87,8 @@ def train_teacher(cfg: Config, splits: Splits):
     shares: list[float] = []
     epoch_count = [0.0]
     classify = splits.task == "classification"
-    reg_loss = TEACHER_LOSSES[cfg.teacher.loss]
+    scale = label_scale(splits)
+    reg_loss, huber_delta = teacher_loss(cfg, scaled(splits.y["train"], scale)) if not classify else (None, None)
 
     def loss_fn(m, b):
         x, y, idx = b
@@ -55,7 +97,7 @@ def train_teacher(cfg: Config, splits: Splits):
             per = torch.nn.functional.cross_entropy(out, y, reduction="none")
             take = self_regulated_mask(out.detach(), y, srl.tau)
         else:
-            per = reg_loss(out, y, reduction="none").reshape(len(y), -1).mean(dim=1)
+            per = reg_loss(out, y).reshape(len(y), -1).mean(dim=1)
             take = (out.detach() - y).reshape(len(y), -1).norm(dim=1) > srl.tolerance
         if not torch.is_grad_enabled() or idx[0] < 0:  # validation: the plain loss, nothing counted
             return per.mean()
@@ -70,7 +112,6 @@ def train_teacher(cfg: Config, splits: Splits):
         shares.append(distributed.all_reduce_sum(epoch_count[0]) / n)
         epoch_count[0] = 0.0
 
-    scale = label_scale(splits)
     hist = fit(
         teacher,
         loss_fn,
@@ -87,7 +128,12 @@ def train_teacher(cfg: Config, splits: Splits):
     for s, v in preds.items():
         require_finite(v, f"teacher: outputs on the {s} split", DIVERGED + " (teacher.train.lr)")
     record = {"significance": counter.normalised().numpy(), "counts": counter.counts.numpy(),
-              "share_per_epoch": shares}
+              "share_per_epoch": shares, "huber_delta": huber_delta,
+              "warnings": [] if classify else teacher_warnings(
+                  hist, lambda o, y: reg_loss(o, y).reshape(len(y), -1).mean(dim=1),
+                  scaled(splits.y["train"], scale), scaled(splits.y["val"], scale), cfg.teacher.loss)}
+    for line in record["warnings"]:
+        log.warning("%s", line)
     return teacher, hist, preds, record
 
 
@@ -110,6 +156,8 @@ def stage_teacher(ctx: Context) -> list[str]:
             "params": count_parameters(teacher),
             "hidden": cfg.teacher.hidden,
             "loss": "cross_entropy" if splits.task == "classification" else cfg.teacher.loss,
+            **({"huber_delta_std_units": srl["huber_delta"]} if srl["huber_delta"] is not None else {}),
+            "warnings": srl["warnings"],
             "history": hist.to_dict(),
             "test": metrics_of(cfg, splits, preds["test"], abstain=False),
             "srl": {"enabled": cfg.teacher.srl.enabled, "share_per_epoch": [round(v, 4) for v in shares],

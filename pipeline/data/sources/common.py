@@ -3,7 +3,7 @@ path checks, and the train/val/test split (random with the run's seed, or given 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class SourceData:
     angles: bool  # outputs are (pitch, yaw) in radians
     description: str  # one line for the report
     feature_names: list[str]  # d names for vectors, [] for images
+    # a table's raw columns in input order: {"column", "type": "numeric"} or {"column", "type":
+    # "categorical", "categories": [...]} (pipeline.data.preprocessing); [] for one numeric input per name
+    columns: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was done for the user (logged by the data stage)
 
 
 def resolve_path(path: str, base: Path | None) -> Path:
@@ -135,13 +139,40 @@ def parse_split_values(values: list[Any], where: list[str], what: str, allowed: 
     return codes
 
 
-def split_indices(codes: np.ndarray, what: str, column: str) -> dict[str, np.ndarray]:
+def split_indices(codes: np.ndarray, what: str, column: str, val_fraction: float | None = None,
+                  test_fraction: float | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
+    """Indices per split from codes 0/1/2, and a note on what was done ('' when nothing was). The
+    codes may hold any subset of the splits that includes train: a missing val (test) split is carved
+    at random (``seed``) from the train rows, ``val_fraction`` (``test_fraction``) of them; without a
+    fraction (None) a missing split is an error."""
     out = {s: np.flatnonzero(codes == i) for i, s in enumerate(SPLIT_NAMES)}
-    for s, idx in out.items():
-        if len(idx) == 0:
-            counts = ", ".join(f"{t} {len(out[t])}" for t in SPLIT_NAMES)
-            raise DataError(f"{what}: {column} leaves the {s} split empty ({counts}); every split needs >= 1 sample")
-    return out
+    counts = ", ".join(f"{t} {len(out[t])}" for t in SPLIT_NAMES)
+    fractions = {"val": val_fraction, "test": test_fraction}
+    missing = [s for s in SPLIT_NAMES if len(out[s]) == 0]
+    if "train" in missing or any(fractions[s] is None for s in missing):
+        s = missing[0] if "train" not in missing else "train"
+        raise DataError(f"{what}: {column} leaves the {s} split empty ({counts}); every split needs >= 1 sample"
+                        + (" (a missing val or test split is carved from train; train cannot be)" if s == "train"
+                           and fractions["val"] is not None else ""))
+    if not missing:
+        return out, ""
+    train = out["train"]
+    sizes = {s: round(len(train) * fractions[s]) for s in missing}
+    if any(k < 1 for k in sizes.values()) or len(train) - sum(sizes.values()) < 1:
+        asked = ", ".join(f"{s}_fraction={fractions[s]:g}" for s in missing)
+        raise DataError(f"{what}: {column} has no {' and no '.join(missing)} rows and its {len(train)} train rows "
+                        f"with {asked} leave a split empty; add rows or raise the fraction (every split needs "
+                        ">= 1 sample)")
+    order = np.random.default_rng([seed, 7]).permutation(len(train))
+    start = 0
+    for s in missing:
+        out[s] = np.sort(train[order[start:start + sizes[s]]])
+        start += sizes[s]
+    out["train"] = np.sort(train[order[start:]])
+    carved = " and ".join(f"{sizes[s]} {s} rows ({s}_fraction={fractions[s]:g})" for s in missing)
+    note = (f"{column} holds no {' or '.join(missing)} rows: {carved} carved at random (seed {seed}) from its "
+            f"{len(train)} train rows")
+    return out, note
 
 
 def split_sizes(x: dict[str, np.ndarray]) -> str:

@@ -3,6 +3,7 @@ ones one-hot encoded, a random split or a split column."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,12 @@ from pipeline.data.sources.common import (
     split_indices,
     split_sizes,
 )
-from pipeline.data.sources.csv_reader import numeric_block, read_table
+from pipeline.data.sources.csv_reader import Table, numeric_block, read_table
+
+# names that say "row number" (case-insensitive): R's write.csv, pandas' to_csv/read_csv, databases
+INDEX_NAMES = {"rownames", "row.names", "row_names", "rowname", "index", "idx", "id", "row", "row_id", "rowid",
+               "row_number", "unnamed: 0"}
+_INT = re.compile(r"^[+-]?\d+$")
 
 
 class CsvSource(RandomSplit):
@@ -33,15 +39,18 @@ class CsvSource(RandomSplit):
     features: list[str] | None = Field(
         None,
         min_length=1,
-        description="feature columns; null: every column that is not a label or split_column",
+        description="feature columns (categorical ones included); null: every column that is not a label or "
+        "split_column, leaving out columns that look like a row index",
     )
     categorical: list[str] = Field(
         default_factory=list,
         description="feature columns one-hot encoded (categories from the train split)",
     )
-    split_column: str | None = Field(None, description="column with train/val/test per row; null: random split")
-    val_fraction: float = fraction_field(0.15, "validation")
-    test_fraction: float = fraction_field(0.2, "test")
+    split_column: str | None = Field(
+        None, description="column with train/val/test per row (any subset holding train; a missing val or test "
+        "split is carved from train with val_fraction / test_fraction); null: random split")
+    val_fraction: float = fraction_field(0.15, "validation (of the train rows, when split_column has no val)")
+    test_fraction: float = fraction_field(0.2, "test (of the train rows, when split_column has no test)")
     min_rows: int = Field(20, ge=3, description="fewer data rows than this is an error")
 
     @model_validator(mode="after")
@@ -70,7 +79,8 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
     if cfg.split_column is not None:
         table.column(cfg.split_column, "split")
     skip = set(cfg.labels) | ({cfg.split_column} if cfg.split_column else set())
-    features = cfg.features if cfg.features is not None else [c for c in table.header if c not in skip]
+    notes: list[str] = []
+    features = cfg.features if cfg.features is not None else default_features(table, skip, cfg.categorical, notes)
     if not features:
         raise DataError(f"{what}: no feature columns left; the columns are {', '.join(table.header)}, all labels")
     for c in features + cfg.categorical:
@@ -95,14 +105,18 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
         values = table.column(cfg.split_column, "split")
         where = [f"{table.where(i)}, column '{cfg.split_column}'" for i in range(n)]
         codes = parse_split_values(values, where, what, "train, val, test")
-        idx = split_indices(codes, what, f"split_column '{cfg.split_column}'")
+        idx, note = split_indices(codes, what, f"split_column '{cfg.split_column}'", cfg.val_fraction,
+                                  cfg.test_fraction, seed)
+        if note:
+            notes.append(f"{what}: {note}")
     else:
-        idx = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what)
+        idx, note = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what), ""
 
     # Assemble columns in feature order; categories come from the train split only.
     blocks: list[np.ndarray] = []
     names: list[str] = []
     mask: list[bool] = []
+    columns: list[dict] = []
     for c in features:
         if c in cfg.categorical:
             cells = np.asarray(cats[c], dtype=object)
@@ -110,14 +124,18 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
             blocks.append(np.stack([cells == v for v in levels], axis=1).astype(np.float64))
             names += [f"{c}={v}" for v in levels]
             mask += [False] * len(levels)
+            columns.append({"column": c, "type": "categorical", "categories": levels})
         else:
             blocks.append(x_num[:, [numeric.index(c)]])
             names.append(c)
             mask.append(True)
+            columns.append({"column": c, "type": "numeric"})
     x_all = np.concatenate(blocks, axis=1).astype(np.float32)
     x = {s: x_all[i] for s, i in idx.items()}
     ys = {s: y[i].astype(np.float32) for s, i in idx.items()}
     split_how = f"split by column '{cfg.split_column}'" if cfg.split_column else "random split"
+    if note:
+        split_how += f" ({note.split(': ', 1)[1]})"
     return SourceData(
         x=x,
         y=ys,
@@ -129,4 +147,37 @@ def load_csv(cfg: CsvSource, seed: int, base: Path | None) -> SourceData:
             f"{split_how} {split_sizes(x)}"
         ),
         feature_names=names,
+        columns=columns,
+        notes=notes,
     )
+
+
+def default_features(table: Table, skip: set[str], categorical: list[str], notes: list[str]) -> list[str]:
+    """``features: null``: every column that is not a label or the split column, leaving out (with a
+    line saying so) numeric columns that look like a row index: unique integers that either count
+    0, 1, 2, ... or 1, 2, 3, ... in file order, or sit in a column named like an index (rownames, index,
+    id, Unnamed: 0)."""
+    out = []
+    for c in table.header:
+        if c in skip:
+            continue
+        if c not in categorical and (why := _index_like(c, table.column(c, "feature"))):
+            notes.append(f"{table.what}: column '{c}' left out of the features: {why}, so it looks like a row index "
+                         "(list it under features to use it)")
+            continue
+        out.append(c)
+    return out
+
+
+def _index_like(name: str, cells: list[str]) -> str:
+    """Why the column looks like a row index, or ''."""
+    if len(cells) < 2 or not all(_INT.match(v) for v in cells):
+        return ""
+    values = np.array([int(v) for v in cells], dtype=object)
+    if len(set(values.tolist())) != len(values):
+        return ""
+    if name.strip().lower() in INDEX_NAMES:
+        return f"its name '{name}' and unique integers"
+    if values[0] in (0, 1) and all(b - a == 1 for a, b in zip(values[:-1], values[1:])):
+        return f"its values count {values[0]}, {values[1]}, ... {values[-1]} in file order"
+    return ""

@@ -32,8 +32,8 @@ class NpzSource(RandomSplit):
 
     kind: Literal["npz"] = Field(description="source type")
     path: str = Field(description=".npz file written by numpy.savez")
-    val_fraction: float = fraction_field(0.15, "validation")
-    test_fraction: float = fraction_field(0.2, "test")
+    val_fraction: float = fraction_field(0.15, "validation (of the train samples, when 'split' has no val)")
+    test_fraction: float = fraction_field(0.2, "test (of the train samples, when 'split' has no test)")
 
 
 _PRESPLIT = [f"{a}_{s}" for s in SPLIT_NAMES for a in ("X", "y")]
@@ -147,7 +147,7 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
                         f"{what}: X_{s}/y_{s} have sample shapes {x[s].shape[1:]}/{y[s].shape[1:]} but "
                         f"X_train/y_train have {x['train'].shape[1:]}/{y['train'].shape[1:]}; they must match"
                     )
-            split_how = "split from the file"
+            split_how, notes = "split from the file", []
         else:
             if missing := [k for k in ("X", "y") if k not in present]:
                 raise DataError(
@@ -176,11 +176,12 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
                 )
                 where = [f"split[{i}]" for i in range(n)]
                 codes = parse_split_values(values, where, what, "strings train, val, test or integers 0, 1, 2")
-                idx = split_indices(codes, what, "array 'split'")
-                split_how = "split from the file"
+                idx, note = split_indices(codes, what, "array 'split'", cfg.val_fraction, cfg.test_fraction, seed)
+                split_how = "split from the file" + (f" ({note.split(': ', 1)[1]})" if note else "")
+                notes = [f"{what}: {note}"] if note else []
             else:
                 idx = random_split(n, cfg.val_fraction, cfg.test_fraction, seed, what)
-                split_how = "random split"
+                split_how, notes = "random split", []
             x = {s: x_all[i] for s, i in idx.items()}
             y = {s: y_all[i] for s, i in idx.items()}
     image = x["train"].ndim == 4
@@ -199,4 +200,5 @@ def load_npz(cfg: NpzSource, seed: int, base: Path | None) -> SourceData:
             + f", {k} outputs, {split_how} {split_sizes(x)}"
         ),
         feature_names=[] if image else [f"x{j}" for j in range(d)],
+        notes=notes,
     )
