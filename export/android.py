@@ -20,6 +20,7 @@ from export.android_io import read_signature
 from export.android_readme import readme
 from export.android_tflite import embed_standard_metadata
 from export.onnx_export import save_proto, set_metadata
+from pipeline.data.preprocessing import kotlin_build_input
 from pipeline.io import atomic_write_json, atomic_write_text, sha256_file
 
 # Maven artifacts of the runtimes, by the PyPI distribution that runs the same version here
@@ -90,6 +91,13 @@ def _write_kotlin(bundle_dir: Path, meta: dict, signatures: dict, by_format: dic
     ort_ep = by_format.get("ort_fp32_runtime_opt") or by_format.get("ort_int8_runtime_opt")
     tfl = by_format.get("tflite_fp32") or next((f for f in signatures if f.endswith(".tflite")), None)
     texts = {"StudentModel.kt": kt.student_model_kt(meta, signatures)}
+    spec = meta.get("preprocessing") or {}
+    if spec.get("input") == "table":  # your own table: build the input vector from a raw record
+        texts["InputBuilder.kt"] = (f"package {kt.PACKAGE}\n\n// buildRaw(record) then StudentOrt/StudentLiteRt.predict "
+                                    "(they normalise); buildInput(record) is the normalised input itself.\n"
+                                    "object InputBuilder {\n"
+                                    + _indent(kotlin_build_input(spec, normalise=False))
+                                    + "\n" + _indent(kotlin_build_input(spec)) + "}\n")
     if ort_cpu:
         texts["StudentOrt.kt"] = kt.ort_kt(ort_cpu, ort_ep)
     if tfl:
@@ -99,6 +107,10 @@ def _write_kotlin(bundle_dir: Path, meta: dict, signatures: dict, by_format: dic
     for name, text in texts.items():
         atomic_write_text(bundle_dir / KOTLIN_DIR / name, text)
     return [f"{KOTLIN_DIR}/{name}" for name in texts]
+
+
+def _indent(text: str) -> str:
+    return "".join(f"    {line}" if line.strip() else line for line in text.splitlines(keepends=True))
 
 
 def verify_bundle(bundle_dir: Path) -> list[str]:

@@ -32,6 +32,22 @@ def _for(row: dict) -> str:
     return "ONNX Runtime (any EP; .onnx)"
 
 
+def _raw_record(meta: dict) -> str:
+    """Your own table: how to build the input from a raw record (kotlin/InputBuilder.kt)."""
+    spec = meta.get("preprocessing") or {}
+    if spec.get("input") != "table":
+        return ""
+    cols = ", ".join(f"`{f['column']}` ({f['type']}"
+                     + (f": {', '.join(map(str, f['categories']))}" if f["type"] == "categorical" else "") + ")"
+                     for f in spec["features"])
+    return (f"From a raw record (a map of column name to value; columns {cols}): "
+            "`StudentOrt(context).use { it.predict(InputBuilder.buildRaw(record)) }`. `buildRaw` puts each "
+            "numeric value as it is and each categorical column as a one-hot block in the training categories' "
+            "order (a category never seen in training: all zeros); `predict` then standardises. "
+            "`InputBuilder.buildInput` is the standardised input itself (what `python -m pipeline predict` "
+            "computes).\n\n")
+
+
 def readme(rows: list[dict], meta: dict, gradle: list[str]) -> str:
     sig = lambda r: r["signature"]  # noqa: E731
     table = "\n".join(
@@ -120,7 +136,7 @@ StudentOrt(context).use {{ println(it.predict(raw).joinToString()) }}           
 StudentLiteRt(context).use {{ println(it.predict(raw).joinToString()) }}                // LiteRT CompiledModel
 ```
 
-`StudentOrt(context, "<...>.with_runtime_opt.ort", ep = "XNNPACK")` selects an EP; `StudentLiteRt(context,
+{_raw_record(meta)}`StudentOrt(context, "<...>.with_runtime_opt.ort", ep = "XNNPACK")` selects an EP; `StudentLiteRt(context,
 "<file>.tflite", Accelerator.GPU)` an accelerator; `StudentInterpreter` is the older LiteRT Interpreter API.
 Every class takes any file of its runtime from this bundle (`BundleFiles` holds each file's tensors).
 

@@ -44,9 +44,12 @@ TASKS = {
 def _csv(directory: Path) -> Path:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 3))
-    y = np.c_[x @ [1.0, -2.0, 0.5], np.sin(x[:, 0]) * 10]
+    city = rng.choice(["Oslo", "Rome", "Lima"], size=400)
+    y = np.c_[x @ [1.0, -2.0, 0.5] + (city == "Rome") * 2, np.sin(x[:, 0]) * 10]
     path = directory / "two_labels.csv"
-    rows = ["a,b,c,price_eur,temp_c"] + [",".join(f"{v:.5f}" for v in (*xi, *yi)) for xi, yi in zip(x, y)]
+    rows = ["a,b,city,c,price_eur,temp_c"] + [",".join([f"{xi[0]:.5f}", f"{xi[1]:.5f}", ci, f"{xi[2]:.5f}",
+                                                        *(f"{v:.5f}" for v in yi)])
+                                              for xi, ci, yi in zip(x, city, y)]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -61,7 +64,7 @@ def android_bundles(request, tmp_path_factory):
     overrides = [*overrides, "data.n_train=300", "data.n_val=50", "data.n_test=60"]
     if task == "csv2":
         overrides += ["data.name=source", "data.source.kind=csv", f"data.source.path={_csv(d)}",
-                      "data.source.labels=[price_eur,temp_c]"]
+                      "data.source.labels=[price_eur,temp_c]", "data.source.categorical=[city]"]
     cfg = load_config(cfg_file, overrides)
     s = make_dataset(cfg.data, 0)
     meta = export_metadata(cfg, s, 1)
@@ -311,3 +314,44 @@ def test_a_bundle_whose_outputs_disagree_with_its_metadata_is_refused_in_one_lin
     with pytest.raises(ValueError) as err:
         write_bundle(copy, rows, meta)
     assert len(str(err.value).splitlines()) == 1 and "output columns" in str(err.value)
+
+
+def test_a_tables_input_builder_rebuilds_the_model_input_from_raw_records(android_bundles):
+    """Your own table: InputBuilder.buildRaw (then StudentModel.normalize) and buildInput, transcribed
+    from the generated Kotlin, turn the raw CSV records into exactly the inputs the run trained on."""
+    task, bundle, index, model, s = android_bundles
+    path = bundle / "kotlin" / "InputBuilder.kt"
+    if task != "csv2":
+        assert not path.exists()  # built-in data: the input is the normalised vector itself
+        return
+    text = path.read_text()
+    assert "Oslo" in text and "fun buildRaw(" in text and "fun buildInput(" in text
+    assert "buildRaw" in (bundle / "README.md").read_text()
+    raw_part, input_part = text.split("fun buildInput(")
+    mean, std = np.array(_floats(_kotlin_value(bundle, "MEAN"))), np.array(_floats(_kotlin_value(bundle, "STD")))
+
+    def run(kotlin: str, record: dict) -> np.ndarray:  # the two statement forms the generator writes
+        x = np.zeros(s.x["train"].shape[1], dtype=np.float32)
+        for j, col, m, sd in re.findall(r'x\[(\d+)\] = \(num\("(\w+)"\) - ([-\d.e]+)f\) / ([-\d.e]+)f', kotlin):
+            x[int(j)] = (np.float32(record[col]) - np.float32(m)) / np.float32(sd)
+        for j, col in re.findall(r'x\[(\d+)\] = num\("(\w+)"\)$', kotlin, flags=re.M):
+            x[int(j)] = np.float32(record[col])
+        for block in re.findall(r'when \(cat\("(\w+)"\)\) \{(.*?)else', kotlin, flags=re.S):
+            col, body = block
+            for cat, j in re.findall(r'"(\w+)" -> x\[(\d+)\] = 1f', body):
+                if record[col] == cat:
+                    x[int(j)] = 1.0
+        return x
+
+    spec = index["preprocessing"]
+    cols = [f["column"] for f in spec["features"]]
+    assert cols == ["a", "b", "city", "c"]
+    header, *body = (bundle.parent / "two_labels.csv").read_text().splitlines()
+    records = [dict(zip(header.split(","), r.split(","))) for r in body]
+    want = np.concatenate([s.x[k] for k in ("train", "val", "test")])
+    got_raw = np.stack([(run(raw_part, r) - mean) / std for r in records])
+    got = np.stack([run(input_part, r) for r in records])
+    # each record is one row of some split; match by nearest row (the splits are a permutation of the file)
+    for g in (got_raw, got):
+        d = np.abs(g[:, None, :] - want[None, :, :]).max(axis=2).min(axis=1)
+        assert d.max() < 1e-5, d.max()

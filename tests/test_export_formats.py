@@ -136,7 +136,7 @@ def test_android_bundle_fixed_shapes_metadata_and_hashes(mlp_case, cnn_case, tmp
     for case in (mlp_case, cnn_case):
         cfg = case[0]
         bundle = tmp_path / cfg.data.name
-        rows = export_all(_job(case, bundle, batch=1), list(cfg.export.android.formats))
+        rows = export_all(_job(case, bundle, batch=1), cfg.export.bundle_formats())
         meta = {"batch": 1, "task": "test", "input_layout": "NCHW" if len(case[3]) == 3 else "NC",
                 "input_normalization": {"mean": case[1].x_mean.tolist(), "std": case[1].x_std.tolist()},
                 "output_meaning": "angle", "kept_head": "label", "config_hash": "abc",

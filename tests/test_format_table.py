@@ -56,7 +56,18 @@ def test_config_defaults_agree_with_the_table():
 
     cfg = Config()
     assert tuple(cfg.export.formats) == SERVER_DEFAULT == tuple(r.name for r in FORMAT_TABLE if r.server)
-    assert tuple(cfg.export.android.formats) == ANDROID_DEFAULT
+    assert cfg.export.android.formats is None and tuple(cfg.export.bundle_formats()) == ANDROID_DEFAULT
+
+
+def test_the_bundle_follows_export_formats_unless_set():
+    from pipeline.config import Config
+
+    def bundle(**export):
+        return Config.model_validate({"export": export}).export.bundle_formats()
+
+    assert bundle(formats=["onnx_fp32", "tflite_fp32", "onnx_fp16"]) == ["onnx_fp32", "tflite_fp32"]  # fp16 ONNX: server
+    assert bundle(formats=["onnx_int8", "ort_int8"]) == ["onnx_int8", "ort_int8", "ort_int8_runtime_opt"]
+    assert bundle(formats=["onnx_fp32"], android={"formats": ["tflite_int8"]}) == ["tflite_int8"]
 
 
 def test_importing_the_table_loads_no_heavy_module():

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from export.format_table import ANDROID_DEFAULT, FORMAT_NAMES, SERVER_DEFAULT, FormatName
+from export.format_table import ANDROID_DEFAULT, FORMAT_NAMES, ROWS, SERVER_DEFAULT, FormatName
 from pipeline.options import Strict
 
 
@@ -51,9 +51,10 @@ ALL_FORMATS = list(FORMAT_NAMES)  # the names come from the one format table (ex
 class AndroidConfig(Strict):
     enabled: bool = Field(True, description="write the Android bundle (android/) with fixed-shape files")
     batch: int = Field(1, ge=1, description="fixed batch size of the bundle's files (NNAPI needs fixed shapes)")
-    formats: list[FormatName] = Field(
-        list(ANDROID_DEFAULT),
-        description="formats copied into the bundle, at the fixed batch size",
+    formats: list[FormatName] | None = Field(
+        None,
+        description="formats of the bundle, at the fixed batch size; null: those of export.formats that belong in a "
+        "bundle (the Android defaults), plus the Runtime-style .ort of each .ort precision chosen",
     )
 
 
@@ -73,3 +74,13 @@ class ExportConfig(Strict):
     int8: Int8Config = Field(default_factory=Int8Config)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     android: AndroidConfig = Field(default_factory=AndroidConfig)
+
+    def bundle_formats(self) -> list[str]:
+        """The Android bundle's formats: ``android.formats`` when set, else the bundle defaults that follow
+        ``formats`` (a Runtime-style .ort goes with the Fixed-style .ort of its precision)."""
+        if self.android.formats is not None:
+            return list(self.android.formats)
+        chosen = set(self.formats)
+        ort = {ROWS[n].precision for n in chosen if ROWS[n].ort_style}
+        return [n for n in ANDROID_DEFAULT
+                if n in chosen or (ROWS[n].ort_style == "Runtime" and ROWS[n].precision in ort)]

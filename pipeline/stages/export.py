@@ -145,9 +145,10 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         prefetch_tflite(student_job, formats)  # converts in the background from here on
         if android:
             a = cfg.export.android
+            bundle_formats = cfg.export.bundle_formats()
             bundle_dir = out_dir / "android"
             bundle_job = job("student.pt", "student", bundle_dir, a.batch)
-            prefetch_tflite(bundle_job, list(a.formats))
+            prefetch_tflite(bundle_job, bundle_formats)
         result["calibration"] = student_job.calibration_info()
         # the rows the converter child makes come last: the others, the teacher's included, are made
         # and checked while it converts
@@ -158,14 +159,14 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
         else:
             teacher_rows = export_rows(job("teacher.pt", "teacher", out_dir, None), [REFERENCE])
         if android:
-            bundle_rows = export_rows(bundle_job, _not_tflite(a.formats))
+            bundle_rows = export_rows(bundle_job, _not_tflite(bundle_formats))
         result["formats"] = _in_order(student_rows + export_rows(student_job, _tflite(formats)), formats)
         raise_on_strict(result["formats"])
         raise_on_strict(teacher_rows)
         result["formats"] += teacher_rows
         groups = [(out_dir, result["formats"])]
         if android:
-            rows = _in_order(bundle_rows + export_rows(bundle_job, _tflite(a.formats)), list(a.formats))
+            rows = _in_order(bundle_rows + export_rows(bundle_job, _tflite(bundle_formats)), bundle_formats)
             raise_on_strict(rows)
             groups.append((bundle_dir, rows))
             result["android"] = rows
