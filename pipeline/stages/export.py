@@ -66,8 +66,11 @@ def output_columns(cfg: Config, splits: Splits) -> list[dict]:
     """Every column of the deployed student's output, in order: name, unit and meaning (from the data
     set's table row; your own data: its label columns), then the method's extra outputs (the
     gambler's abstain logit, or a log-variance per regression output)."""
-    rows = DATASETS[cfg.data.name].outputs(cfg.data)
-    cols = [{"name": o.name, "unit": o.unit, "meaning": o.meaning} for o in rows]
+    if DATASETS[cfg.data.name].keys == ("source",):  # your data: the label columns the data stage saved
+        cols = [{"name": n, "unit": "as in your data", "meaning": f"label column {n}"}
+                for n in splits.output_names or []]  # (not read from data.source again: not in this slice)
+    else:
+        cols = [{"name": o.name, "unit": o.unit, "meaning": o.meaning} for o in DATASETS[cfg.data.name].outputs(cfg.data)]
     if len(cols) != splits.out_features:  # a data set whose outputs the table cannot know: name them by index
         names = splits.output_names or [f"output_{k}" for k in range(splits.out_features)]
         unit = "radians" if splits.angles else "label units"
