@@ -57,6 +57,14 @@ class AndroidConfig(Strict):
     )
 
 
+class TFLiteConfig(Strict):
+    converter: Literal["onnx2tf", "litert_torch"] = Field(
+        "onnx2tf", description="what makes the .tflite files: onnx2tf (from the ONNX file; the default, chosen by "
+        "the measurements in docs/BENCHMARKS.md) or litert_torch (from the PyTorch model, with ai-edge-quantizer "
+        "recipes; the optional extra: pip install -e '.[litert]'; fixed-batch files only, so the dynamic-batch "
+        "TFLite rows are not_supported and only the Android bundle gets its files)")
+
+
 class ExportConfig(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
     simplify: bool = Field(True, description="run onnxsim on the exported graph")
@@ -66,5 +74,6 @@ class ExportConfig(Strict):
     )
     check_mobile: bool = Field(True, description="run ORT's mobile usability checker on every ONNX file")
     int8: Int8Config = Field(default_factory=Int8Config)
+    tflite: TFLiteConfig = Field(default_factory=TFLiteConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     android: AndroidConfig = Field(default_factory=AndroidConfig)
