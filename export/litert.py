@@ -76,9 +76,8 @@ def torch_to_tflite(model: nn.Module, input_shape: tuple[int, ...], batch: int |
     variants. ``batch`` None (a dynamic batch axis) raises ``NotSupported``."""
     require()
     if batch is None:
-        raise NotSupported(f"not supported by {NAME}: a dynamic batch axis (litert-torch 0.10 fails to lower the "
-                           "symbolic batch size, upstream google-ai-edge/litert-torch#685, #870); the fixed-batch "
-                           "files of the Android bundle are converted")
+        raise NotSupported(f"not supported by {NAME}: no dynamic batch axis in litert-torch 0.10 (upstream "
+                           "google-ai-edge/litert-torch#685, #870); the Android bundle's fixed-batch files are made")
     unknown = set(variants) - set(litert_convert.VARIANTS)
     if unknown:
         raise ValueError(f"unknown TFLite variants {sorted(unknown)}; allowed: {', '.join(litert_convert.VARIANTS)}")

@@ -87,7 +87,7 @@ def test_dynamic_batch_is_a_not_supported_row_not_a_failure(toy, tmp_path, monke
     rows = export_all(_job(toy, tmp_path, None), ["tflite_fp32", "tflite_int8"])
     for r in rows:
         assert r["status"] == "not_supported" and "file" not in r
-        assert r["error"].startswith("not supported by litert_torch: a dynamic batch axis"), r["error"]
+        assert r["error"].startswith("not supported by litert_torch: no dynamic batch axis"), r["error"]
     raise_on_strict(rows)  # a strict row the converter cannot make is not a parity failure
     verdicts = file_verdicts({"formats": [{**r, "model": "student"} for r in rows]}, {}, {"rmse": 1.0})
     assert [v["status"] for v in verdicts] == ["not_supported", "not_supported"]
