@@ -46,8 +46,9 @@ class ConverterError(RuntimeError):
 
 
 class Converter:
-    def __init__(self, timeout: float = 900):
+    def __init__(self, timeout: float = 900, warm: tuple[str, ...] | None = None):
         self.timeout = timeout
+        self.warm = warm  # modules the child imports before its ready line (None: converter_child's default)
         self._proc: subprocess.Popen | None = None
         self._answers: int | None = None  # our end of the answer pipe (a file descriptor)
         self._buf = b""
@@ -80,7 +81,8 @@ class Converter:
                "TF_USE_LEGACY_KERAS": "1"}
         try:
             self._proc = popen_child(
-                [sys.executable, "-m", "export.converter_child", str(write_fd)], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "export.converter_child", str(write_fd),
+                 *([",".join(self.warm)] if self.warm is not None else [])], stdin=subprocess.PIPE,
                 stdout=self._log, stderr=subprocess.STDOUT, pass_fds=(write_fd,), env=env, cwd=str(ROOT))
         finally:
             os.close(write_fd)
@@ -182,13 +184,15 @@ def current() -> Converter | None:
 
 
 @contextmanager
-def session(timeout: float = 900) -> Iterator[Converter]:
-    """The current converter, or a new one made current for the block and closed after it."""
+def session(timeout: float = 900, warm: tuple[str, ...] | None = None) -> Iterator[Converter]:
+    """The current converter, or a new one made current for the block and closed after it. ``warm``:
+    the modules a new child imports first (``export.converter_child.WARM``: per TFLite converter);
+    whatever a request needs beyond them it imports on first use."""
     existing = current()
     if existing is not None:
         yield existing
         return
-    conv = Converter(timeout)
+    conv = Converter(timeout, warm)
     with _ACTIVE_LOCK:
         _ACTIVE.append(conv)
     try:

@@ -1,7 +1,7 @@
 """The converter child's main loop (started by ``export.converter.Converter``, never by hand).
 
-``python -m export.converter_child FD``: imports TensorFlow and onnx2tf once, writes a ready line
-to file descriptor FD, then answers each JSON request line of stdin with one JSON line on FD:
+``python -m export.converter_child FD [MODULES]``: imports MODULES (comma-separated; default
+TensorFlow, onnx2tf and tf_keras: ``WARM``) once, writes a ready line to file descriptor FD, then answers each JSON request line of stdin with one JSON line on FD:
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., "trace": ...}``. A failed request
 (including onnx2tf's own ``sys.exit``) is an answer, not the end of the child; end of stdin ends it.
 """
@@ -15,23 +15,26 @@ import sys
 import time
 import traceback
 
-from export import tflite_convert
+from export import litert_convert, tflite_convert
 
-HANDLERS = {"onnx2tf": tflite_convert.convert, "tf_load": tflite_convert.tf_load}
+HANDLERS = {"onnx2tf": tflite_convert.convert, "tf_load": tflite_convert.tf_load,
+            "litert_torch": litert_convert.convert}
+WARM = {"onnx2tf": ("tensorflow", "onnx2tf", "tf_keras"),  # what a converter's child imports before its ready line
+        "litert_torch": ("litert_torch", "ai_edge_quantizer")}
 
 
-def _warm_up() -> str | None:
+def _warm_up(modules: tuple[str, ...]) -> str | None:
     """Import the heavy modules now, while the parent exports PyTorch -> ONNX. (Converting a tiny
     graph here as well, to pay onnx2tf's first-call set-up early, was measured: no gain on 2 cores.)"""
     try:
-        for name in ("tensorflow", "onnx2tf", "tf_keras"):
+        for name in modules:
             importlib.import_module(name)
     except Exception as exc:  # the requests that need them report it
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def main(fd: int) -> None:
+def main(fd: int, modules: tuple[str, ...] = WARM["onnx2tf"]) -> None:
     answers = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
     def say(obj: dict) -> None:
@@ -39,7 +42,7 @@ def main(fd: int) -> None:
         answers.flush()
 
     t0 = time.perf_counter()
-    error = _warm_up()
+    error = _warm_up(modules)
     say({"ready": True, "import_error": error, "seconds": round(time.perf_counter() - t0, 2)})
     for line in sys.stdin:
         if not line.strip():
@@ -55,4 +58,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *([tuple(filter(None, sys.argv[2].split(",")))] if len(sys.argv) > 2 else []))

@@ -10,7 +10,9 @@ usability checker for ONNX, builtin-ops-only for TFLite) and records one row of 
 row that fails, or that could not be written, raises ``ParityError`` after every row was tried;
 any other failure is a row marked ``failed`` / ``over_limit`` / ``export_failed``, never dropped.
 ``export_rows`` is the same without the raise (``raise_on_strict`` does it), for a caller that
-makes a job's rows in more than one call; ``prefetch_tflite`` starts a job's TFLite conversion on
+makes a job's rows in more than one call. A file the chosen TFLite converter cannot make (litert_torch
+and a dynamic batch axis) is a ``not_supported`` row with the reason, which no strict check counts
+as a failure. ``prefetch_tflite`` starts a job's TFLite conversion on
 the converter child (``export.converter``) so the other rows are made and checked meanwhile.
 """
 
@@ -23,7 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
 
-from export import converter, int8_arith, onnx_export, ort_tools, quantize
+from export import converter, int8_arith, litert, onnx_export, ort_tools, quantize
 from export.file_check import check_file
 from export.format_table import FORMAT_TABLE
 from export.job import ExportJob, Format
@@ -98,6 +100,9 @@ def _convert_tflite(job: ExportJob) -> dict[str, Path]:
     calib = job.calib
     if calib.ndim == 4:  # TFLite is NHWC: representative data in that layout
         calib = calib.transpose(0, 2, 3, 1)
+    if job.cfg.tflite.converter == litert.NAME:  # from the PyTorch model (export.litert)
+        return litert.torch_to_tflite(job.model, job.input_shape, job.batch, job.out_dir, job.stem,
+                                      job.tflite_variants, calib)
     return onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib,
                           prepare=job.cfg.int8.prepare)
 
@@ -111,6 +116,11 @@ def prefetch_tflite(job: ExportJob, names: list[str]) -> None:
     if not variants or conv is None or job._tflite is not None:  # nothing to do, or under way already
         return
     job.tflite_variants = variants
+    if job.cfg.tflite.converter == litert.NAME:  # converts from PyTorch: no ONNX file to wait for
+        if job.batch is not None and not litert.missing():
+            conv.start()
+        job._tflite = conv.submit(_convert_tflite, job)
+        return
     if not export_cached(job.model, job.input_shape, job.cfg.opset):
         conv.start()
     try:
@@ -163,7 +173,7 @@ def export_rows(job: ExportJob, names: list[str]) -> list[dict]:
 
 
 def raise_on_strict(rows: list[dict]) -> None:
-    bad = [r for r in rows if r["strict"] and r["status"] != "ok"]
+    bad = [r for r in rows if r["strict"] and r["status"] not in ("ok", "not_supported")]
     if bad:
         detail = "; ".join(f"{r['model']} {r['format']}: {r.get('error')}" for r in bad)
         raise ParityError(f"export parity check failed: {detail}")
@@ -181,6 +191,8 @@ def _export_rows(job: ExportJob, names: list[str]) -> list[dict]:
             row.update(file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path),
                        export_seconds=round(time.perf_counter() - t0, 3))
             row.update(check_file(job, fmt, path))
+        except litert.NotSupported as exc:  # a file the chosen converter cannot make: said, not dropped
+            row.update(status="not_supported", error=str(exc))
         except Exception as exc:  # a format that fails is a row, never a silent drop
             log.debug("export %s failed:\n%s", name, traceback.format_exc())
             row.update(status="export_failed", error=f"{type(exc).__name__}: {str(exc)[:2000]}")

@@ -22,7 +22,7 @@ from pipeline import distributed
 from pipeline.config import Config, load_config
 from pipeline.config.load import config_from_dict
 from pipeline.errors import UserError
-from pipeline.preflight import check_model_sizes, resolve_targets
+from pipeline.preflight import check_model_sizes, check_tflite_converter, resolve_targets
 from pipeline.procs import sweep_stale_temp_dirs
 from pipeline.report import short_table
 from pipeline.report.verdicts import count
@@ -96,6 +96,7 @@ def run(config: ConfigInput = None, out: str | Path = "runs/default",
     runner = default_runner()
     runner.select(start, only)  # unknown stage names fail before anything is written
     sizes = check_model_sizes(cfg)  # also loads a given teacher file
+    check_tflite_converter(cfg)  # litert_torch chosen but not installed: one line, exit 2
     run_dir = check_out_dir(str(out), force=force)
 
     def check_and_lock():  # rank 0 alone (torchrun): the others get its result or its error

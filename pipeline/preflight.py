@@ -1,5 +1,6 @@
 """Checks of a config against the data and the machine, before a run writes anything: the student's
-size against the teacher's, and which bench targets this machine can run."""
+size against the teacher's, which bench targets this machine can run, and whether the chosen TFLite
+converter is installed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 from pathlib import Path
 
 from device_bench.qemu import qemu_available
+from export import litert
+from export.format_table import ROWS
 from models import count_parameters
 from pipeline.checkpoints import Shape, build_deployed, build_student, build_teacher
 from pipeline.config import Config
@@ -57,3 +60,14 @@ def resolve_targets(cfg: Config) -> tuple[Config, list[str]]:
         return cfg, notes
     bench = cfg.bench.model_copy(update={"targets": keep or ["host"]})
     return cfg.model_copy(update={"bench": bench}), notes
+
+
+def check_tflite_converter(cfg: Config) -> None:
+    """``export.tflite.converter: litert_torch`` needs the optional extra; missing, it is one line
+    (exit 2) before anything is written, not a failed export after training."""
+
+    if cfg.export.tflite.converter != "litert_torch":
+        return
+    names = set(cfg.export.formats) | (set(cfg.export.android.formats) if cfg.export.android.enabled else set())
+    if any(ROWS[n].runtime == "litert" for n in names):
+        litert.require()

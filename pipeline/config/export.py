@@ -58,6 +58,14 @@ class AndroidConfig(Strict):
     )
 
 
+class TFLiteConfig(Strict):
+    converter: Literal["onnx2tf", "litert_torch"] = Field(
+        "onnx2tf", description="what makes the .tflite files: onnx2tf (from the ONNX file; the default: dynamic "
+        "batch, smaller files, 4x faster on the MobileNet student, docs/BENCHMARKS.md) or litert_torch (from the "
+        "PyTorch model with ai-edge-quantizer recipes; the optional extra: pip install -e '.[litert]'; fixed-batch "
+        "files only: the dynamic-batch TFLite rows are not_supported, the Android bundle gets its files)")
+
+
 class ExportConfig(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
     simplify: bool = Field(True, description="run onnxsim on the exported graph")
@@ -72,6 +80,7 @@ class ExportConfig(Strict):
         False, description="regression: clip the student's outputs to the training label range inside every "
         "exported file (the range is in the files' metadata, preprocessing.labels)")
     int8: Int8Config = Field(default_factory=Int8Config)
+    tflite: TFLiteConfig = Field(default_factory=TFLiteConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     android: AndroidConfig = Field(default_factory=AndroidConfig)
 

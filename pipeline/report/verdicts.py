@@ -48,6 +48,10 @@ def file_verdicts(export: dict, bench: dict, torch_test: dict) -> list[dict]:
                 continue
             v = {"file": where + r.get("file", r["format"]), "format": r["format"], "precision": r["precision"],
                  "export_status": r["status"]}
+            if r["status"] == "not_supported":  # the chosen converter cannot make it (export.tflite.converter)
+                verdicts.append({**v, "status": "not_supported", "judged_on": "export stage",
+                                 "error": (r.get("error") or "").strip().splitlines()[-1:]})
+                continue
             if r["status"] in ("export_failed", "failed"):
                 verdicts.append({**v, "status": r["status"], "judged_on": "export stage",
                                  "error": (r.get("error") or "").strip().splitlines()[-1:]})
@@ -75,5 +79,5 @@ def summary_line(verdicts: list[dict]) -> str:
     if not any(c.values()):
         return f"verdicts: all {len(verdicts)} fp16/int8 files within their limits"
     parts = [f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n]
-    names = ", ".join(v["file"] for v in verdicts if v["status"] != "ok")
+    names = ", ".join(v["file"] for v in verdicts if v["status"] in c)
     return f"verdicts: {', '.join(parts)} of {len(verdicts)} fp16/int8 files ({names}); see report.md 'Verdicts'"
