@@ -36,6 +36,15 @@ def test_every_shipped_config_keeps_batch_128_and_is_not_capped_by_max_steps():
             assert train.max_steps is None or train.epochs * -(-rows // batch) <= train.max_steps, cfg_file
 
 
+def test_a_table_under_the_default_config_gets_the_auto_batch():
+    """Your own data inherits pipeline/default.yaml: its training sections must say auto, or a 50k-row
+    table trains at batch 128 and the step budget cuts the teacher off after ~20 epochs."""
+    cfg = load_config(None)
+    for train in (cfg.teacher.train, cfg.distill.train):
+        assert train.batch_size == "auto"
+        assert batch_size_for(train, 40000) == 512 and batch_size_for(train, 2000) == 128
+
+
 def _data(rows, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, 3)).astype(np.float32)
