@@ -68,6 +68,6 @@ def check_tflite_converter(cfg: Config) -> None:
 
     if cfg.export.tflite.converter != "litert_torch":
         return
-    names = set(cfg.export.formats) | (set(cfg.export.android.formats) if cfg.export.android.enabled else set())
+    names = set(cfg.export.formats) | (set(cfg.export.bundle_formats()) if cfg.export.android.enabled else set())
     if any(ROWS[n].runtime == "litert" for n in names):
         litert.require()

@@ -126,7 +126,7 @@ def test_compact_int8_ort_is_smaller_and_matches_the_onnx(tmp_path):
     sizes = {}
     for compact in (False, True):
         out = tmp_path / f"out{compact}"
-        made = ort_tools.convert_to_ort([tmp_path / "m.int8.onnx"], out, compact_qdq=compact)
+        made, _ = ort_tools.convert_to_ort([tmp_path / "m.int8.onnx"], out, compact_qdq=compact)
         sizes[compact] = made["m.int8.onnx"].stat().st_size
         np.testing.assert_allclose(_run(made["m.int8.onnx"], x), _run(tmp_path / "m.int8.onnx", x), atol=1e-5)
     assert sizes[True] < sizes[False] - 1000, sizes
