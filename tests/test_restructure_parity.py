@@ -79,6 +79,9 @@ def _metrics(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("POCKETKD_PARITY") != "1",
+                    reason="the restructuring landed with this check green (sessions 7-8); ~6 CPU-minutes, so run "
+                    "it on demand: POCKETKD_PARITY=1 python -m pytest tests/test_restructure_parity.py")
 @pytest.mark.parametrize("case", ["toy", "digits"])
 def test_a_seeded_run_gives_the_metrics_of_the_code_before_the_restructuring(case, tmp_path):
     old = _old_tree(tmp_path)
