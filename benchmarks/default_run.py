@@ -57,9 +57,11 @@ def render(cold: list[dict], limits: list[dict], machine: str) -> str:
              "", "| seconds, median (each repeat) | new run, empty conversion cache | only `export.limits` changed |",
              "|---|---|---|"]
     for key in ("wall_s", *STAGES):
-        lines.append(f"| {'whole run (wall)' if key == 'wall_s' else key} | {cells(cold, key)} | {cells(limits, key)} |")
+        name = "whole run (wall)" if key == "wall_s" else key
+        lines.append(f"| {name} | {cells(cold, key)} | {cells(limits, key)} |")
     lines += ["", f"Targets: whole run ≤ 60 s (median here {med(cold, 'wall_s'):.1f} s), export ≤ 20 s "
-              f"({med(cold, 'export'):.1f} s), export with only limits changed ≤ 3 s ({med(limits, 'export'):.1f} s)."]
+              f"({med(cold, 'export'):.1f} s), export with only limits changed ≤ 3 s "
+              f"({med(limits, 'export'):.1f} s)."]
     return "\n".join(lines) + "\n"
 
 

@@ -93,8 +93,9 @@ def _write_kotlin(bundle_dir: Path, meta: dict, signatures: dict, by_format: dic
     texts = {"StudentModel.kt": kt.student_model_kt(meta, signatures)}
     spec = meta.get("preprocessing") or {}
     if spec.get("input") == "table":  # your own table: build the input vector from a raw record
-        texts["InputBuilder.kt"] = (f"package {kt.PACKAGE}\n\n// buildRaw(record) then StudentOrt/StudentLiteRt.predict "
-                                    "(they normalise); buildInput(record) is the normalised input itself.\n"
+        texts["InputBuilder.kt"] = (f"package {kt.PACKAGE}\n\n"
+                                    "// buildRaw(record) then StudentOrt/StudentLiteRt.predict (they normalise); "
+                                    "buildInput(record) is the normalised input itself.\n"
                                     "object InputBuilder {\n"
                                     + _indent(kotlin_build_input(spec, normalise=False))
                                     + "\n" + _indent(kotlin_build_input(spec)) + "}\n")

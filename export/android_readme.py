@@ -136,7 +136,8 @@ StudentOrt(context).use {{ println(it.predict(raw).joinToString()) }}           
 StudentLiteRt(context).use {{ println(it.predict(raw).joinToString()) }}                // LiteRT CompiledModel
 ```
 
-{_raw_record(meta)}`StudentOrt(context, "<...>.with_runtime_opt.ort", ep = "XNNPACK")` selects an EP; `StudentLiteRt(context,
+{_raw_record(meta)}
+`StudentOrt(context, "<...>.with_runtime_opt.ort", ep = "XNNPACK")` selects an EP; `StudentLiteRt(context,
 "<file>.tflite", Accelerator.GPU)` an accelerator; `StudentInterpreter` is the older LiteRT Interpreter API.
 Every class takes any file of its runtime from this bundle (`BundleFiles` holds each file's tensors).
 

@@ -38,6 +38,9 @@ TASKS = {
     "digits": ("configs/digits.yaml", ["data.image_size=8", "distill.method=kd"], "mlp"),
     "digits_gambler": ("configs/digits.yaml", ["data.image_size=8", "distill.method=ka_gambler"], "mlp"),
     "csv2": (None, [], "mlp"),
+    # the shipped pose config's task (two outputs with units, real face crops); a small CNN stands in for
+    # its MobileNetV3: the bundle's snippets depend on the files' I/O, which the backbone does not change
+    "pose": ("configs/pose_mobilenet.yaml", [], "cnn"),
 }
 
 
@@ -158,7 +161,7 @@ def test_snippets_match_the_files_real_signatures(android_bundles):
     assert names == [c["name"] for c in cols] and units == [c["unit"] for c in cols]
     assert _floats(_kotlin_value(bundle, "MEAN")) == pytest.approx(index["input_normalization"]["mean"], rel=1e-7)
     assert _floats(_kotlin_value(bundle, "STD")) == pytest.approx(index["input_normalization"]["std"], rel=1e-7)
-    expected = {"toy": ["y"], "rotation": ["angle"], "csv2": ["price_eur", "temp_c"],
+    expected = {"toy": ["y"], "rotation": ["angle"], "csv2": ["price_eur", "temp_c"], "pose": ["roll", "log2_scale"],
                 "digits": [f"logit_{k}" for k in range(10)], "digits_gambler": [f"logit_{k}" for k in range(10)] + ["abstain"]}
     assert names == expected[task]
     if task.startswith("digits"):

@@ -71,7 +71,8 @@ def output_columns(cfg: Config, splits: Splits) -> list[dict]:
         cols = [{"name": n, "unit": "as in your data", "meaning": f"label column {n}"}
                 for n in splits.output_names or []]  # (not read from data.source again: not in this slice)
     else:
-        cols = [{"name": o.name, "unit": o.unit, "meaning": o.meaning} for o in DATASETS[cfg.data.name].outputs(cfg.data)]
+        cols = [{"name": o.name, "unit": o.unit, "meaning": o.meaning}
+                for o in DATASETS[cfg.data.name].outputs(cfg.data)]
     if len(cols) != splits.out_features:  # a data set whose outputs the table cannot know: name them by index
         names = splits.output_names or [f"output_{k}" for k in range(splits.out_features)]
         unit = "radians" if splits.angles else "label units"
