@@ -111,6 +111,8 @@ EXPECTED_SECONDS = {
     "android_bundles-digits": 45,
     "android_bundles-csv2": 40,
     "android_bundles-toy": 40,
+    "android_bundles-pose": 40,
+    "sshd": 40,
     "test_mpiigaze_layout_runs_end_to_end_with_angular_error": 65,
     "sorted_run": 60,
     "exported-cnn": 50,

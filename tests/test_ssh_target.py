@@ -28,6 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# one worker for every test here (--dist loadgroup): they share one sshd, and the check that a run
+# leaves no remote temp dir behind must not see another worker's ssh bench in /tmp at the same time
+pytestmark = pytest.mark.xdist_group("sshd")
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     if SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
