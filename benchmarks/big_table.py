@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +50,10 @@ def config(csv: Path) -> dict:
 
 
 def run_mode(mode: str, cfg_file: Path, out: Path) -> dict:
-    sets = [] if mode == "shipped" else [a for k, v in PREVIOUS.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg_file), "--out", str(out),
-                           "--force", *sets], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode}: run failed:\n{proc.stderr[-3000:]}")
-    manifest = json.loads((out / "manifest.json").read_text())
+    from common import pipeline_run, set_args
+
+    sets = [] if mode == "shipped" else set_args(PREVIOUS)
+    wall, manifest = pipeline_run(out, "--config", str(cfg_file), "--force", *sets)
     distill = json.loads((out / "distill.json").read_text())["methods"]
     teacher = json.loads((out / "teacher.json").read_text())
     return {"mode": mode, "wall_s": wall, "stages": {k: v["seconds"] for k, v in manifest["stages"].items()},

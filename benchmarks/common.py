@@ -94,3 +94,33 @@ def write_section(name: str, body: str) -> None:
 def save_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1))
+
+
+def set_args(overrides: dict) -> list[str]:
+    """``--set key=value`` arguments of ``python -m pipeline run`` (values as JSON)."""
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def pipeline_run(out: Path, *args: str, env: dict | None = None, log: Path | None = None) -> tuple[float, dict]:
+    """``python -m pipeline run --out OUT ARGS`` in a child process: (wall seconds, its manifest.json).
+    ``log``: the child's stdout and stderr go to this file (not a terminal, as under nohup). A failed
+    run stops the benchmark with the tail of its output."""
+    import os
+    import subprocess
+    import time
+
+    cmd = [sys.executable, "-m", "pipeline", "run", "--out", str(out), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    t0 = time.perf_counter()
+    if log is None:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        tail = proc.stderr
+    else:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        tail = f"see {log}:\n" + log.read_text(errors="replace")
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run {out} failed ({proc.returncode}): {tail[-3000:]}")
+    return wall, json.loads((out / "manifest.json").read_text())
+

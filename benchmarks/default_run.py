@@ -16,10 +16,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +27,11 @@ STAGES = ("data", "teacher", "distill", "student", "export", "bench", "report")
 
 
 def run(out: Path, cache: Path, *sets: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "POCKETKD_CONVERSION_CACHE": str(cache)}
+    from common import pipeline_run
+
     before = json.loads((out / "manifest.json").read_text())["stages"] if (out / "manifest.json").exists() else {}
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--out", str(out), *sets], cwd=ROOT,
-                          capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    manifest = json.loads((out / "manifest.json").read_text())
+    wall, manifest = pipeline_run(out, *sets, env={"POCKETKD_CONVERSION_CACHE": str(cache)})
     # a stage the run skipped as cached keeps its old manifest entry: count it as 0 s
     stages = {k: 0.0 if before.get(k) == v else v.get("seconds", 0.0) for k, v in manifest["stages"].items()}
     return {"wall_s": wall, "stages": stages, "load": [load0, os.getloadavg()[0]]}

@@ -29,9 +29,7 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -103,16 +101,12 @@ def run(name: str, csv_path: Path, sets: dict, work: Path, quick: bool) -> dict:
     out, log = work / f"run_{name}", work / f"run_{name}.log"
     cfg_file = work / f"{name}.yaml"
     cfg_file.write_text(yaml.safe_dump(config(csv_path)))
-    args = [a for k, v in ({**(QUICK if quick else {}), **sets}).items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    t0 = time.perf_counter()
-    with open(log, "w") as f:  # not a terminal: progress must reach the log file on its own
-        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg_file), "--out", str(out),
-                               "--force", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: run failed, see {log}:\n" + log.read_text()[-3000:])
-    stages = {k: v["seconds"] for k, v in json.loads((out / "manifest.json").read_text())["stages"].items()}
+    from common import pipeline_run, set_args
+
+    # the log is not a terminal: progress must reach it on its own
+    wall, manifest = pipeline_run(out, "--config", str(cfg_file), "--force",
+                                  *set_args({**(QUICK if quick else {}), **sets}), log=log)
+    stages = {k: v["seconds"] for k, v in manifest["stages"].items()}
     teacher = json.loads((out / "teacher.json").read_text())
     methods = json.loads((out / "distill.json").read_text())["methods"]
     return {"run": name, "wall_s": wall, "stages": stages, "teacher_rmse": teacher["test"]["rmse"],
