@@ -68,7 +68,8 @@ def int8_rmse(cfg: Config, two_head, splits: Splits) -> float:
         rows = calibration_indices(len(splits.x["train"]), q.calibration_samples, q.calibration_seed, splits.y["train"])
         int8 = quantize_int8_static(fp32, Path(tmp) / "s.int8.onnx", splits.x["train"][rows],
                                     "input", q.calibrate_method, q.per_channel,
-                                    float_first_layer=q.float_first_layer, prepare=q.prepare)
+                                    float_first_layer=q.float_first_layer, prepare=q.prepare,
+                                    float_last_layer=q.float_last_layer)
         out = exact_outputs(int8, splits.x["test"])  # as on ARM / VNNI, whatever this host's CPU
     return rmse(out, splits.y_clean["test"])
 

@@ -62,11 +62,12 @@ def _make_onnx_fp16(job: ExportJob, fmt: Format) -> Path:
 def _make_onnx_int8(job: ExportJob, fmt: Format) -> Path:
     q = job.cfg.int8
     options = {"method": q.calibrate_method, "per_channel": q.per_channel, "batch": job.batch or 32,
-               "float_first_layer": q.float_first_layer, "prepare": q.prepare}
+               "float_first_layer": q.float_first_layer, "float_last_layer": q.float_last_layer, "prepare": q.prepare}
     return cached_step("quantize_static", _base_onnx(job), job.file(fmt),
                        lambda src, dst: quantize_int8_static(src, dst, job.calib, INPUT_NAME, q.calibrate_method,
                                                              q.per_channel, batch=job.batch or 32,
-                                                             float_first_layer=q.float_first_layer, prepare=q.prepare),
+                                                             float_first_layer=q.float_first_layer, prepare=q.prepare,
+                                                             float_last_layer=q.float_last_layer),
                        inputs={"calibration": array_hash(job.calib)}, options=options, code=(quantize, int8_arith))
 
 
@@ -75,9 +76,11 @@ def _make_onnx_int8_dynamic(job: ExportJob, fmt: Format) -> Path:
     calib = job.calib if q.prepare else None  # weight preparation only
     return cached_step("quantize_dynamic", _base_onnx(job), job.file(fmt),
                        lambda src, dst: quantize_int8_dynamic(src, dst, q.per_channel, calib_x=calib,
-                                                              float_first_layer=q.float_first_layer),
+                                                              float_first_layer=q.float_first_layer,
+                                                              float_last_layer=q.float_last_layer),
                        inputs={"calibration": array_hash(calib)} if calib is not None else {},
-                       options={"per_channel": q.per_channel, "float_first_layer": q.float_first_layer},
+                       options={"per_channel": q.per_channel, "float_first_layer": q.float_first_layer,
+                                "float_last_layer": q.float_last_layer},
                        code=(quantize,))
 
 

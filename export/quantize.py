@@ -38,6 +38,7 @@ def quantize_int8_static(
     batch: int = 32,
     float_first_layer: bool = False,
     prepare: bool = True,
+    float_last_layer: bool = False,
 ) -> Path:
     """Static int8 (QDQ). ``batch`` is the calibration batch size: a fixed-batch model needs its own.
 
@@ -66,7 +67,7 @@ def quantize_int8_static(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=methods[method],
-            nodes_to_exclude=_first_layer(model) if float_first_layer else [],
+            nodes_to_exclude=_float_layers(model, float_first_layer, float_last_layer),
         )
         return out
 
@@ -86,7 +87,7 @@ def quantize_int8_static(
             for i, alpha in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
                 prepared = Path(tmp) / f"prepared{i}.onnx"
                 prepare_for_int8(pre, prepared, calib_x, quantize_input=not float_first_layer, alpha=alpha,
-                                 quantized_layers=None if not float_first_layer else _all_but_first(pre))
+                                 quantized_layers=_quantized_layers(pre, float_first_layer, float_last_layer))
                 cand = quantize(prepared, Path(tmp) / f"int8_{i}.onnx")
                 e = float(np.mean((exact_outputs(cand, calib_x, batch) - ref) ** 2))
                 log.debug("int8 preparation alpha=%g: calibration MSE %.3g (best so far %.3g)", alpha, e, err)
@@ -96,11 +97,11 @@ def quantize_int8_static(
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, calib_x: np.ndarray | None = None,
-                          float_first_layer: bool = False) -> Path:
+                          float_first_layer: bool = False, float_last_layer: bool = False) -> Path:
     """int8 weights; activations quantized at run time. With ``calib_x`` (inputs typical of the
     deployment) a Gemm/Relu chain's weights are equalised and GPTQ-rounded first (``prepare_for_int8``).
     ``float_first_layer``: as in ``quantize_int8_static``, the first Gemm/Conv/MatMul stays float so
-    the raw input is not quantized at run time."""
+    the raw input is not quantized at run time; ``float_last_layer`` keeps the last one float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -112,13 +113,13 @@ def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, calib_
         if calib_x is not None:
             prepared = Path(tmp) / "prepared.onnx"
             info = prepare_for_int8(pre, prepared, calib_x, quantize_input=not float_first_layer,
-                                    quantized_layers=_all_but_first(pre) if float_first_layer else None)
+                                    quantized_layers=_quantized_layers(pre, float_first_layer, float_last_layer))
             log.debug("int8 weight preparation: %s", info)
             pre = prepared
         quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
                          # dynamic mode rewrites Gemm as MatMul "<name>_MatMul" + Add before quantizing
-                         nodes_to_exclude=[n + sfx for n in _first_layer(pre) for sfx in ("", "_MatMul")]
-                         if float_first_layer else [])
+                         nodes_to_exclude=[n + sfx for n in _float_layers(pre, float_first_layer, float_last_layer)
+                                           for sfx in ("", "_MatMul")])
         return atomic_copy(out, dst)
 
 
@@ -176,19 +177,25 @@ def _chain(model) -> list[dict] | None:
     return layers
 
 
-def _first_layer(path: Path) -> list[str]:
-    """Name of the first Gemm/Conv/MatMul node (as a list for ``nodes_to_exclude``)."""
+def _float_layers(path: Path, first: bool, last: bool) -> list[str]:
+    """Names of the first and / or last Gemm/Conv/MatMul node (for ``nodes_to_exclude``)."""
     import onnx
 
-    first = next((n for n in onnx.load(str(path)).graph.node if n.op_type in ("Gemm", "Conv", "MatMul")), None)
-    return [first.name] if first is not None else []
+    names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Gemm", "Conv", "MatMul")]
+    if not names:
+        return []
+    return list(dict.fromkeys(([names[0]] if first else []) + ([names[-1]] if last else [])))
 
 
-def _all_but_first(path: Path) -> list[int]:
+def _quantized_layers(path: Path, float_first: bool, float_last: bool) -> list[int] | None:
+    """Indices of the Gemm/Relu chain's layers the converter quantizes (None: all, or not a chain)."""
     import onnx
 
     layers = _chain(onnx.load(str(path)))
-    return list(range(1, len(layers))) if layers else []
+    if not layers or not (float_first or float_last):
+        return None
+    n = len(layers)
+    return [k for k in range(n) if not (float_first and k == 0) and not (float_last and k == n - 1)]
 
 
 def _int8_grid(w: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ def _dist():
     return dist
 
 
-def _env_world_size() -> int:
+def env_world_size() -> int:
     raw = os.environ.get("WORLD_SIZE", "").strip()
     if not raw:
         return 1
@@ -74,7 +74,7 @@ def init_from_env() -> bool:
     global _control
     if active():
         return True
-    world = _env_world_size()
+    world = env_world_size()
     if world <= 1:
         return False
     missing = [v for v in ENV_VARS if not os.environ.get(v, "").strip()]

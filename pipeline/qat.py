@@ -8,7 +8,8 @@ After distillation the student is fine-tuned for a few epochs with fake quantiza
 * activations: per-tensor asymmetric 8-bit over [min(rmin, 0), max(rmax, 0)] (ORT QDQ uint8 and
   LiteRT int8 share this 256-level grid), at the tensors ORT's QDQ quantizer quantizes: the input
   of a quantized Gemm/Conv (not the first layer's with ``export.int8.float_first_layer``), the
-  ReLU output after a quantized layer (ORT folds the ReLU into the quantization), the model output;
+  ReLU output after a quantized layer (ORT folds the ReLU into the quantization), the model output
+  (not with ``export.int8.float_last_layer``: ORT then computes the last layer in float);
   max-pool / flatten keep their input's grid. rmin / rmax are the min / max of that tensor over the
   int8 *calibration sample* (``export.calibration``), recomputed through the current model each epoch
   (weights fake-quantized, activations float: what ORT's MinMax calibrator sees on the final model).
@@ -75,9 +76,12 @@ def deployed_modules(student: nn.Module, keep: str = "label") -> list[nn.Module]
     return leaves + [student.label_head if keep == "label" else student.teacher_head]
 
 
-def quant_points(modules: list[nn.Module], float_first_layer: bool) -> tuple[list[nn.Module], list[tuple]]:
+def quant_points(modules: list[nn.Module], float_first_layer: bool,
+                 float_last_layer: bool = False) -> tuple[list[nn.Module], list[tuple]]:
     """(weight layers, activation points [(module, "in" | "out")]) of the deployed path, as ORT's QDQ
-    quantizer places them. Raises ValueError on a module the scheme does not cover (e.g. GELU)."""
+    quantizer places them (``float_last_layer``: the model output is not quantized; every layer's
+    weights still are, so the float last layer computes with int8-grid weights and the full-integer
+    TFLite file loses nothing on them). Raises ValueError on a module the scheme does not cover (e.g. GELU)."""
     layers = [m for m in modules if isinstance(m, WEIGHT_LAYERS)]
     points: list[tuple] = []
     on_grid = False  # is the current tensor already on an 8-bit grid?
@@ -88,7 +92,7 @@ def quant_points(modules: list[nn.Module], float_first_layer: bool) -> tuple[lis
             if quantized and not on_grid:
                 points.append((m, "in"))
             prev_quantized, on_grid = quantized, False
-            if i == len(modules) - 1:
+            if i == len(modules) - 1 and not (float_last_layer and m is layers[-1]):
                 points.append((m, "out"))  # the model output
         elif isinstance(m, nn.ReLU):
             if prev_quantized:
@@ -105,9 +109,10 @@ class FakeQuant:
     activation hooks on the deployed path); ``calibrate`` sets the activation ranges, ``remove``
     detaches it, snapping the weights onto their int8 grid."""
 
-    def __init__(self, student: nn.Module, keep: str = "label", float_first_layer: bool = True):
+    def __init__(self, student: nn.Module, keep: str = "label", float_first_layer: bool = True,
+                 float_last_layer: bool = False):
         self.student = student
-        self.layers, self.points = quant_points(deployed_modules(student, keep), float_first_layer)
+        self.layers, self.points = quant_points(deployed_modules(student, keep), float_first_layer, float_last_layer)
         self.qparams: list[tuple[float, int] | None] = [None] * len(self.points)
         self._observed: list[list[float]] | None = None
         self._hooks = []
@@ -216,7 +221,7 @@ def equalise(student: nn.Module, keep: str, x: np.ndarray, alpha: float) -> int:
 
 @torch.no_grad()
 def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.ndarray,
-                alphas=(0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[FakeQuant, float]:
+                alphas=(0.0, 0.25, 0.5, 0.75, 1.0), float_last_layer: bool = False) -> tuple[FakeQuant, float]:
     """Equalise ``student`` in place with the strength whose GPTQ-rounded fake-quantized output is
     closest to the float output on ``x`` (the best PTQ point, as ``export.int8.prepare`` picks it), then
     attach the fake quantization and GPTQ-round the weights. Returns (FakeQuant, alpha)."""
@@ -230,12 +235,12 @@ def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.nd
     for alpha in alphas:
         cand = copy.deepcopy(student)
         equalise(cand, keep, x, alpha)
-        gptq_init(FakeQuant(cand, keep, float_first_layer), x)
+        gptq_init(FakeQuant(cand, keep, float_first_layer, float_last_layer), x)
         err = float(((cand(xt)[head] - ref) ** 2).mean())
         if best is None or err < best[0]:
             best = (err, alpha)
     equalise(student, keep, x, best[1])
-    fq = FakeQuant(student, keep, float_first_layer)
+    fq = FakeQuant(student, keep, float_first_layer, float_last_layer)
     gptq_init(fq, x)
     return fq, best[1]
 
@@ -277,8 +282,8 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
         return method.loss(label_out, teacher_out, b[1], b[2], b[3] if b[3][0] >= 0 else None)
 
     t0 = time.perf_counter()
-    fq, alpha = start_point(student, cfg.student.keep_head,
-                            cfg.export.int8.float_first_layer, x_cal)
+    fq, alpha = start_point(student, cfg.student.keep_head, cfg.export.int8.float_first_layer, x_cal,
+                            float_last_layer=cfg.export.int8.float_last_layer)
     try:
         before = evaluate_loss(student, loss_fn, [torch.as_tensor(np.ascontiguousarray(a)) for a in val])
         train_cfg = TrainConfig(epochs=q.epochs, batch_size=cfg.distill.train.batch_size, lr=q.lr,

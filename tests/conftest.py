@@ -36,7 +36,9 @@ SMALL = {
     "data": {"n_train": 400, "n_val": 100, "n_test": 200},
     "teacher": {"hidden": [64, 64], "train": {"epochs": 40, "patience": 10, "lr": 0.003}},
     "student": {"hidden": [8]},
-    "distill": {"train": {"epochs": 40, "patience": 10}},
+    # baselines one after another: a worker process (a second torch import) costs more than these
+    # tiny students; tests/test_pipeline_e2e.py checks that parallel training gives the same students
+    "distill": {"train": {"epochs": 40, "patience": 10}, "parallel": False},
     "bench": {"warmup": 5, "runs": 30},
 }
 

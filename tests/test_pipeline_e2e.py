@@ -1,6 +1,7 @@
 """End to end: the real CLI on a reduced config, through every stage, then what it produced."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -114,11 +115,14 @@ def test_second_run_skips_every_stage_and_says_so(e2e_run, small_config_file):
 
 
 def test_same_seed_gives_the_same_run(e2e_run, small_config_file, tmp_path):
+    """Again with the baselines trained in a worker process beside the deployed method: the same students."""
     out, _ = e2e_run
     other = tmp_path / "again"
     proc = run_cli("run", "--config", small_config_file, "--out", other, "--only", "data", "--only", "teacher",
-                   "--only", "distill", "--only", "student")
+                   "--only", "distill", "--only", "student", "--set", "distill.parallel=true")
     assert proc.returncode == 0, proc.stderr
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert "worker process(es) beside tor_mt" in proc.stderr, proc.stderr[-2000:]
     for name in ("data.npz", "teacher_preds.npz"):
         a, b = np.load(out / name), np.load(other / name)
         for k in a.files:

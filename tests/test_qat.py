@@ -44,26 +44,27 @@ def exact_qdq(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def int8_file(student: TwoHeadStudent, x_cal: np.ndarray, directory: Path, shape, first_float=True,
-              prepare=False) -> Path:
+              prepare=False, last_float=False) -> Path:
     fp32 = export_onnx(drop_teacher_head(student), directory / "s.onnx", shape)
     return quantize_int8_static(fp32, directory / "s.int8.onnx", x_cal, "input", float_first_layer=first_float,
-                                prepare=prepare)
+                                prepare=prepare, float_last_layer=last_float)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_fake_quant_is_the_qdq_files_arithmetic(kind, tmp_path):
+@pytest.mark.parametrize("kind,last_float", [("mlp", False), ("cnn", False), ("mlp", True), ("cnn", True)])
+def test_fake_quant_is_the_qdq_files_arithmetic(kind, last_float, tmp_path):
     torch.manual_seed(0)
     shape = (1,) if kind == "mlp" else (1, 8, 8)
     backbone = MLP(shape, [16, 16]) if kind == "mlp" else CNN(shape, [16], channels=[4, 8])
     student = TwoHeadStudent(backbone, 1).eval()
     x = np.random.default_rng(0).normal(size=(256, *shape)).astype(np.float32)
-    fq = qat.FakeQuant(student, "label", float_first_layer=True)
+    fq = qat.FakeQuant(student, "label", float_first_layer=True, float_last_layer=last_float)
     fq.calibrate(x)
     with torch.no_grad():
         simulated = student(torch.as_tensor(x))[0].numpy()
-    out_step = fq.qparams[-1][0]
+    out_step = fq.qparams[-1][0]  # with a float last layer: the step of its (quantized) input
+    assert (fq.points[-1][1] == "out" and fq.points[-1][0] is student.label_head) is not last_float
     fq.remove()  # snapped weights: the float model the exporter sees
-    got = exact_qdq(int8_file(student, x, tmp_path, shape), x)
+    got = exact_qdq(int8_file(student, x, tmp_path, shape, last_float=last_float), x)
     # the same grids and weights; only the int32 bias rounding of the QDQ file can move an output by one step
     assert np.abs(got - simulated).max() <= out_step * 1.001
     assert np.mean(np.abs(got - simulated) > 1e-6) < 0.05

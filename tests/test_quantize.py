@@ -107,6 +107,24 @@ def test_dynamic_float_first_layer_leaves_the_input_unquantized(sine_mlp, tmp_pa
     assert sum(n.op_type == "MatMulInteger" for n in nodes) == 2
 
 
+def test_float_last_layer_leaves_the_output_unquantized_and_closer_to_fp32(sine_mlp, tmp_path):
+    """``float_last_layer``: no QuantizeLinear on the output in the static file, one MatMulInteger in the
+    dynamic one (first and last float), and the static file's exact int8 output is closer to fp32."""
+    src, x, _ = sine_mlp
+    ref = _run(src, x)
+    err = {}
+    for last in (False, True):
+        static = quantize_int8_static(src, tmp_path / f"s{last}.onnx", x, "input", float_first_layer=True,
+                                      prepare=False, float_last_layer=last)
+        g = onnx.load(str(static)).graph
+        producer = {o: n for n in g.node for o in n.output}
+        assert (producer[g.output[0].name].op_type == "DequantizeLinear") is not last
+        err[last] = float(np.sqrt(np.mean((exact_outputs(static, x) - ref) ** 2)))
+        dyn = quantize_int8_dynamic(src, tmp_path / f"d{last}.onnx", True, float_first_layer=True, float_last_layer=last)
+        assert sum(n.op_type == "MatMulInteger" for n in onnx.load(str(dyn)).graph.node) == (1 if last else 2)
+    assert err[True] < err[False], err
+
+
 def test_non_chain_graph_is_copied_unchanged(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1)).eval()
     export_onnx(model, tmp_path / "c.onnx", (1, 8, 8))

@@ -32,6 +32,9 @@ class _DistillFields(Strict):
         ["scratch", "kd"], description="extra students trained on the same data for comparison in the report"
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: bool = Field(
+        True, description="train the baselines in worker processes beside the deployed method when the machine "
+        "has 2 or more cores (not under torchrun); each job then gets its share of the cores as torch threads")
 
     @field_validator("method")
     @classmethod

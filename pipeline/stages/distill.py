@@ -3,7 +3,16 @@ same initial weights on the same batches."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
 import numpy as np
+import torch
+
+from pipeline import distributed
 
 from pipeline.checkpoints import build_student, save_model
 from pipeline.config import Config
@@ -15,6 +24,8 @@ from pipeline.preflight import check_model_sizes
 from pipeline.runner import Context
 from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
 from pipeline.train import fit, predict, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str,
@@ -53,40 +64,82 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
     return student, hist, method
 
 
-def stage_distill(ctx: Context) -> list[str]:
-    cfg = ctx.cfg
-    splits = Splits.load(ctx.path("data.npz"))
-    with np.load(ctx.path("teacher_preds.npz")) as z:
+def fit_method(cfg: Config, run_dir: Path, name: str) -> dict:
+    """Train method ``name``'s student, check its outputs, save it; returns its ``distill.json`` entry."""
+    splits = Splits.load(run_dir / "data.npz")
+    with np.load(run_dir / "teacher_preds.npz") as z:
         yt = {s: z[s] for s in ("train", "val", "test")}
         significance = z["significance_train"] if "significance_train" in z.files else None
     d_in, d_out = dims(splits)
-    methods = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
-    results, written = {}, []
-    for name in methods:
-        student, hist, method = train_student(cfg, splits, yt, name, significance)
-        label_pred, teacher_pred = predict(student, splits.x["test"])
-        for head, v in (("label", label_pred), ("teacher", teacher_pred)):
-            require_finite(v, f"distill: student[{name}] {head}-head outputs on the test split",
-                           DIVERGED + " (distill.train.lr)")
-        rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
-        save_model(ctx.path(rel), student, "student", d_in, d_out, d_out + method.n_extra(d_out))
-        written.append(rel)
-        results[name] = {
-            **method.describe(),
-            "deployed": name == cfg.distill.method,
-            "history": hist.to_dict(),
-            "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
-            # the teacher head is trained by the multi-task methods only (trains_teacher_head); the others
-            # leave it at its initial weights, and the report shows no teacher-head metric for them
-            "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
-            if splits.task == "regression" else None,
-            "trains_teacher_head": method.trains_teacher_head,
-            "file": rel,
-            **outlier_rejection(method, splits),
-        }
+    student, hist, method = train_student(cfg, splits, yt, name, significance)
+    label_pred, teacher_pred = predict(student, splits.x["test"])
+    for head, v in (("label", label_pred), ("teacher", teacher_pred)):
+        require_finite(v, f"distill: student[{name}] {head}-head outputs on the test split",
+                       DIVERGED + " (distill.train.lr)")
+    rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
+    save_model(run_dir / rel, student, "student", d_in, d_out, d_out + method.n_extra(d_out))
+    return {
+        **method.describe(),
+        "deployed": name == cfg.distill.method,
+        "history": hist.to_dict(),
+        "test_label_head": metrics_of(cfg, splits, label_pred, abstain=method.abstains()),
+        # the teacher head is trained by the multi-task methods only (trains_teacher_head); the others
+        # leave it at its initial weights, and the report shows no teacher-head metric for them
+        "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
+        if splits.task == "regression" else None,
+        "trains_teacher_head": method.trains_teacher_head,
+        "file": rel,
+        **outlier_rejection(method, splits),
+    }
+
+
+def _fit_in_worker(cfg: Config, run_dir: str, name: str, threads: int) -> dict:
+    """A worker process (spawned: a fresh interpreter): one baseline with ``threads`` torch threads.
+    ``cfg`` is the stage's config slice, pickled: the worker reads what the stage declared, no more."""
+    torch.set_num_threads(threads)
+    return fit_method(cfg, Path(run_dir), name)
+
+
+def parallel_plan(cfg, n_baselines: int) -> tuple[int, int]:
+    """(worker processes, torch threads per job) for the baselines; (0, 0): train one after another.
+    Each job (the deployed method in this process, each worker) gets an equal share of the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not cfg.distill.parallel or n_baselines == 0 or cores < 2 or distributed.env_world_size() > 1:
+        return 0, 0
+    workers = min(n_baselines, cores - 1)
+    return workers, max(1, cores // (workers + 1))
+
+
+def stage_distill(ctx: Context) -> list[str]:
+    cfg = ctx.cfg
+    deployed, *baselines = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
+    workers, threads = parallel_plan(cfg, len(baselines))
+    results: dict[str, dict] = {}
+    if workers:
+        log.info("distill: %d baseline(s) in %d worker process(es) beside %s, %d torch thread(s) each",
+                 len(baselines), workers, deployed, threads)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                jobs = {name: pool.submit(_fit_in_worker, cfg, str(ctx.run_dir), name,
+                                          threads) for name in baselines}
+                results[deployed] = fit_method(cfg, ctx.run_dir, deployed)
+                for name, job in jobs.items():
+                    results[name] = job.result()
+                    h = results[name]["history"]
+                    log.info("student[%s] (worker): best epoch %d of %d, %.1fs", name, h["best_epoch"] + 1,
+                             h["epochs_run"], h["seconds"])
+        finally:
+            torch.set_num_threads(before)
+    else:
+        for name in (deployed, *baselines):
+            results[name] = fit_method(cfg, ctx.run_dir, name)
+    d_in, d_out = dims(Splits.load(ctx.path("data.npz")))
     sizes = check_model_sizes(cfg, d_out, d_in)
-    atomic_write_json(ctx.path("distill.json"), {"methods": results, **sizes})
-    return [*written, "distill.json"]
+    atomic_write_json(ctx.path("distill.json"), {"methods": {k: results[k] for k in (deployed, *baselines)},
+                                                 **sizes})
+    return [r["file"] for r in results.values()] + ["distill.json"]
 
 
 def outlier_rejection(method, splits: Splits) -> dict:
