@@ -75,6 +75,7 @@ def _require_finite_loss(desc: str, epoch: int, train: float, val: float) -> Non
 
 
 PROGRESS_EVERY = 30.0  # seconds between progress lines when no bar is shown
+PROGRESS_BARS = True  # False in worker processes (distill.parallel): progress lines, never a second bar
 
 
 class Heartbeat:
@@ -163,7 +164,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(epochs), desc=desc, unit="ep", leave=False, disable=None if rank == 0 else True)
+    bar = tqdm(range(epochs), desc=desc, unit="ep", leave=False, disable=None if rank == 0 and PROGRESS_BARS else True)
     progress = Heartbeat(desc, epochs, enabled=rank == 0 and bar.disable)  # log lines when there is no bar
     for epoch in bar:
         net.train()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import distributed
+from pipeline import distributed, train
 
 from pipeline.checkpoints import build_student, save_model
 from pipeline.config import Config
@@ -93,10 +93,23 @@ def fit_method(cfg: Config, run_dir: Path, name: str) -> dict:
     }
 
 
-def _fit_in_worker(cfg: Config, run_dir: str, name: str, threads: int) -> dict:
-    """A worker process (spawned: a fresh interpreter): one baseline with ``threads`` torch threads.
+def worker_context(threads: int):
+    """How workers start. One torch thread each: forked (no second torch import, ~4 s on 2 cores), as
+    torch's DataLoader forks its workers and sets one thread in each: an OpenMP thread pool does not
+    survive a fork, a single thread never uses it. More threads each: spawned (a fresh interpreter)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if threads == 1 and "fork" in methods else "spawn")
+
+
+def _fit_in_worker(cfg: Config, run_dir: str, name: str, threads: int, log_level: int) -> dict:
+    """A worker process: one baseline with ``threads`` torch threads, logging like the parent (a forked
+    worker inherits its handlers; a spawned one gets the same format).
     ``cfg`` is the stage's config slice, pickled: the worker reads what the stage declared, no more."""
+    if not logging.getLogger().handlers:  # spawned
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("pipeline").setLevel(log_level)
     torch.set_num_threads(threads)
+    train.PROGRESS_BARS = False  # the parent's bar owns the terminal; a worker logs progress lines
     return fit_method(cfg, Path(run_dir), name)
 
 
@@ -121,15 +134,13 @@ def stage_distill(ctx: Context) -> list[str]:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                jobs = {name: pool.submit(_fit_in_worker, cfg, str(ctx.run_dir), name,
-                                          threads) for name in baselines}
+            with ProcessPoolExecutor(workers, mp_context=worker_context(threads)) as pool:
+                level = logging.getLogger("pipeline").getEffectiveLevel()
+                jobs = {name: pool.submit(_fit_in_worker, cfg, str(ctx.run_dir), name, threads, level)
+                        for name in baselines}
                 results[deployed] = fit_method(cfg, ctx.run_dir, deployed)
                 for name, job in jobs.items():
                     results[name] = job.result()
-                    h = results[name]["history"]
-                    log.info("student[%s] (worker): best epoch %d of %d, %.1fs", name, h["best_epoch"] + 1,
-                             h["epochs_run"], h["seconds"])
         finally:
             torch.set_num_threads(before)
     else:

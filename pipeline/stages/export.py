@@ -4,10 +4,12 @@ bench, and the fixed-shape Android bundle; every file run and checked against Py
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from export import conversion_cache, converter
 from export.converter_child import WARM
+from export.floor import warm_floor_conversion
 from export.formats import FORMATS, ExportJob, export_rows, prefetch_tflite, raise_on_strict
 from export.android import write_bundle
 from export.format_table import REFERENCE
@@ -26,6 +28,8 @@ from pipeline.runner import Context
 from pipeline.stages.common import deployed_abstains, dims
 from pipeline.train import predict
 from pipeline.version import __version__
+
+log = logging.getLogger(__name__)
 
 
 def export_metadata(cfg: Config, splits: Splits, batch: int | None) -> dict:
@@ -177,6 +181,11 @@ def export_student(cfg: Config, run_dir: Path, out_dir: Path, formats: list[str]
             groups.append((bundle_dir, rows))
             result["android"] = rows
         _file_checks(groups)
+        if _tflite(formats) and cfg.export.tflite.converter == "onnx2tf":
+            try:  # the bench's LiteRT floor, converted while TensorFlow is loaded (into the conversion cache)
+                warm_floor_conversion()
+            except Exception as exc:  # the bench converts it itself (and says so if that fails)
+                log.debug("floor conversion not warmed: %s", exc)
     result["conversions"] = conversion_counts(before)
     if android:
         write_bundle(bundle_dir, result["android"], export_metadata(cfg, splits, cfg.export.android.batch))
