@@ -9,6 +9,7 @@ stage is read from ``manifest.json``, RMSE from ``student.json`` / ``distill.jso
 
     python benchmarks/big_table.py                       # both modes; writes docs/BENCHMARKS.md
     python benchmarks/big_table.py --modes shipped --rows 5000   # a quick look
+    python benchmarks/big_table.py --modes previous   # one mode; the table combines the saved other one
 """
 
 from __future__ import annotations
@@ -95,11 +96,13 @@ def main() -> None:
         make_table(csv, args.rows)
     cfg_file = work / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(config(csv)))
-    results = []
+    saved = work / f"results_{args.rows}.json"  # modes run in separate invocations are combined
+    results = [r for r in (json.loads(saved.read_text()) if saved.exists() else []) if r["mode"] not in args.modes]
     for mode in args.modes:
         results.append(run_mode(mode, cfg_file, work / f"run_{mode}_{args.rows}"))
         print(json.dumps(results[-1]), flush=True)
-    (work / f"results_{args.rows}.json").write_text(json.dumps(results, indent=1))
+        saved.write_text(json.dumps(results, indent=1))
+    results.sort(key=lambda r: r["mode"] != "shipped")
     from common import machine, write_section
 
     body = render(results, args.rows, machine())

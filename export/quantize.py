@@ -177,6 +177,12 @@ def _chain(model) -> list[dict] | None:
     return layers
 
 
+def keeps_last_float(n_layers: int, float_first: bool, float_last: bool) -> bool:
+    """Whether ``float_last_layer`` applies: only while another layer stays quantized (a two-layer MLP
+    with a float first layer keeps its last layer int8, or its "int8" file would have no int8 layer)."""
+    return float_last and n_layers - (1 if float_first else 0) >= 2
+
+
 def _float_layers(path: Path, first: bool, last: bool) -> list[str]:
     """Names of the first and / or last Gemm/Conv/MatMul node (for ``nodes_to_exclude``)."""
     import onnx
@@ -184,6 +190,7 @@ def _float_layers(path: Path, first: bool, last: bool) -> list[str]:
     names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Gemm", "Conv", "MatMul")]
     if not names:
         return []
+    last = keeps_last_float(len(names), first, last)
     return list(dict.fromkeys(([names[0]] if first else []) + ([names[-1]] if last else [])))
 
 
@@ -195,6 +202,7 @@ def _quantized_layers(path: Path, float_first: bool, float_last: bool) -> list[i
     if not layers or not (float_first or float_last):
         return None
     n = len(layers)
+    float_last = keeps_last_float(n, float_first, float_last)
     return [k for k in range(n) if not (float_first and k == 0) and not (float_last and k == n - 1)]
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from export.quantize import keeps_last_float
 from pipeline.methods import TrainingSet, build_method
 from pipeline.options import TrainConfig
 from pipeline.train import evaluate_loss, fit
@@ -83,6 +84,7 @@ def quant_points(modules: list[nn.Module], float_first_layer: bool,
     weights still are, so the float last layer computes with int8-grid weights and the full-integer
     TFLite file loses nothing on them). Raises ValueError on a module the scheme does not cover (e.g. GELU)."""
     layers = [m for m in modules if isinstance(m, WEIGHT_LAYERS)]
+    float_last_layer = keeps_last_float(len(layers), float_first_layer, float_last_layer)
     points: list[tuple] = []
     on_grid = False  # is the current tensor already on an 8-bit grid?
     prev_quantized = False  # was the last weight layer quantized (its ReLU output then is)?

@@ -148,3 +148,26 @@ def test_compact_int8_ort_is_smaller_and_matches_the_onnx(tmp_path):
         sizes[compact] = made["m.int8.onnx"].stat().st_size
         np.testing.assert_allclose(_run(made["m.int8.onnx"], x), _run(tmp_path / "m.int8.onnx", x), atol=1e-5)
     assert sizes[True] < sizes[False] - 1000, sizes
+
+
+def test_a_two_layer_student_keeps_an_int8_layer(tmp_path):
+    """float_first_layer + float_last_layer on a 1-8-1 MLP would leave nothing int8: the last layer
+    then stays quantized (export and QAT agree)."""
+    from models import TwoHeadStudent
+    from models.mlp import MLP
+    from pipeline import qat
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
+    export_onnx(model, tmp_path / "m.onnx", (1,))
+    x = np.linspace(-2, 2, 64, dtype=np.float32).reshape(-1, 1)
+    for path in (quantize_int8_static(tmp_path / "m.onnx", tmp_path / "s.onnx", x, "input", float_first_layer=True,
+                                      prepare=False, float_last_layer=True),
+                 quantize_int8_dynamic(tmp_path / "m.onnx", tmp_path / "d.onnx", True, float_first_layer=True,
+                                       float_last_layer=True)):
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        assert "DequantizeLinear" in ops or "MatMulInteger" in ops, ops
+    student = TwoHeadStudent(MLP((1,), [8]), 1)
+    fq = qat.FakeQuant(student, "label", float_first_layer=True, float_last_layer=True)
+    assert fq.points[-1] == (student.label_head, "out")  # the output stays on its 8-bit grid
+    fq.remove()
