@@ -2,9 +2,11 @@
 
 1. **Selection** runs on ``SELECTION_SEEDS`` only and scores a setting on the *noisy validation*
    split (the labels a user has: outliers and label noise included), never on clean or test labels.
-   The score is the validation MAE against the noisy labels: the median-consistent loss, so a few
-   outliers in validation do not decide which setting wins (RMSE on noisy validation is dominated
-   by the outlier rows, whose error is about the same for every reasonable setting).
+   The score is the *lower-half* MAE against the noisy labels: the mean absolute error over the
+   half of the validation rows with the smallest errors (a 50 % trimmed MAE). Outlier rows (fewer
+   than half) fall in the discarded half, so the score is decided by the rows whose labels are
+   right. The plain MAE was used first (session 8): on the toy its outlier rows, whose |error| is
+   ~2.5 whatever the setting, made nine TOR settings score within 1.6 % of each other.
 2. **Reporting** runs on ``REPORT_SEEDS`` (disjoint from the selection seeds, at least 10) and on
    the clean test labels. Every comparison is *paired*: runs of one seed share the data, the
    teacher and the student's initial weights, so the effect is the per-seed difference against the
@@ -41,11 +43,13 @@ def t975(df: int) -> float:
 
 
 def validation_score(pred: np.ndarray, y_noisy: np.ndarray) -> float:
-    """What selection minimises: MAE against the noisy validation labels (see the module docstring)."""
+    """What selection minimises: the lower-half MAE against the noisy validation labels (the mean
+    of the smallest half of the per-row absolute errors; see the module docstring)."""
     pred, y_noisy = np.asarray(pred, dtype=np.float64), np.asarray(y_noisy, dtype=np.float64)
     if not np.all(np.isfinite(pred)):
         return float("inf")  # a diverged setting never wins
-    return float(np.mean(np.abs(pred.reshape(y_noisy.shape) - y_noisy)))
+    err = np.abs(pred.reshape(y_noisy.shape) - y_noisy).reshape(len(y_noisy), -1).mean(axis=1)
+    return float(np.mean(np.sort(err)[: max(1, len(err) // 2)]))
 
 
 def select(settings: Iterable[str], score: Callable[[str, int], float],

@@ -53,6 +53,7 @@ class History:
     batch_size: int = 0  # as used (``auto`` resolved for the number of training rows)
     steps: int = 0  # optimizer steps taken
     stopped_by: str = ""  # "patience", "max_steps", "time_budget" or "" (ran every epoch)
+    val_metric: list[float] = field(default_factory=list)  # fit(val_metric=...): one comparable figure per epoch
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -133,10 +134,13 @@ def fit(
     seed: int,
     desc: str = "train",
     on_epoch_end: Callable[[int], None] | None = None,
+    val_metric: Callable[[nn.Module], float] | None = None,
 ) -> History:
     """Train ``model`` in place and return its history; the best-validation weights are kept.
 
     ``on_epoch_end(epoch)`` is called after each epoch's training pass (before validation), on every rank.
+    ``val_metric(model)``, if given, is recorded after each validation (``History.val_metric``): a figure
+    that compares across methods whose losses differ (e.g. the validation MAE in label units).
 
     ``loss_fn(net, batch)`` gets the network to call for the batch (under torchrun the
     DistributedDataParallel wrapper of ``model`` for training batches, ``model`` itself for validation)
@@ -192,6 +196,8 @@ def fit(
             on_epoch_end(epoch)
         val_loss = evaluate_loss(model, loss_fn, val_t) if world == 1 else _evaluate_sharded(model, loss_fn, val_t)
         hist.val_loss.append(val_loss)
+        if val_metric is not None:
+            hist.val_metric.append(float(val_metric(model)))
         hist.epochs_run = epoch + 1
         _require_finite_loss(desc, epoch, hist.train_loss[-1], val_loss)
         if val_loss < hist.best_val:

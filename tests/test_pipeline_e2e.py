@@ -264,3 +264,43 @@ def test_export_that_fails_leaves_no_new_out(e2e_run, tmp_path):
     assert "student.pt" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"
+
+
+def test_student_curves_share_one_figure_in_label_units(e2e_run):
+    """Each method's history records the label head's validation MAE in label units every epoch (the
+    learning-curve plot's shared axis); at the best epoch it is the saved student's own validation MAE."""
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.config import load_config
+    from pipeline.data import Splits
+    from pipeline.train import predict
+
+    out, _ = e2e_run
+    cfg = load_config(out / "config.yaml")
+    splits = Splits.load(out / "data.npz")
+    for name, m in json.loads((out / "distill.json").read_text())["methods"].items():
+        h = m["history"]
+        assert len(h["val_metric"]) == len(h["val_loss"]) == h["epochs_run"]
+        label_out = predict(load_checkpoint(out / m["file"], cfg), splits.x["val"])[0]
+        mae = float(np.mean(np.abs(label_out[:, :1] - splits.y["val"].reshape(-1, 1))))
+        assert h["val_metric"][h["best_epoch"]] == pytest.approx(mae, rel=1e-4), name
+
+
+def test_flagged_labels_that_are_real_outliers_are_counted_from_the_run_files(e2e_run):
+    """distill.json's TOR record, recomputed from the run's own files: a training label is flagged when
+    |label - teacher| (standardised units) exceeds the threshold; "flagged_real" counts those among the
+    injected outliers. The flags must also find outliers far above chance."""
+    from pipeline.data import Splits
+
+    out, _ = e2e_run
+    splits = Splits.load(out / "data.npz")
+    rec = json.loads((out / "distill.json").read_text())["methods"]["tor_mt"]["rejection"]
+    with np.load(out / "teacher_preds.npz") as z:
+        teacher = z["train"].reshape(-1)
+    std = 1.0 if splits.y_std is None else float(splits.y_std.reshape(-1)[0])  # labels learned as they are, or standardised
+    resid = np.abs(splits.y["train"].reshape(-1) - teacher) / std
+    flagged = resid > rec["threshold_std_units"]
+    real = splits.outlier["train"]
+    assert rec["flagged"] == int(flagged.sum()) and rec["real_outliers"] == int(real.sum())
+    assert rec["flagged_real"] == int((flagged & real).sum())
+    precision = rec["flagged_real"] / rec["flagged"]
+    assert precision > 2 * real.mean(), (precision, real.mean())  # far better than flagging at random

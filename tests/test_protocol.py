@@ -72,3 +72,15 @@ def test_validation_score_is_robust_to_outlier_rows_and_rejects_nan():
     good, bad = np.zeros(100), np.full(100, 0.3)
     assert protocol.validation_score(good, y) < protocol.validation_score(bad, y)
     assert protocol.validation_score(np.full(100, np.nan), y) == float("inf")
+
+
+def test_validation_score_ignores_how_far_off_the_outlier_rows_are():
+    """The lower-half MAE is decided by the rows whose labels are right (fewer than half are outliers):
+    moving the outlier labels from 5 to 500 changes nothing, while a worse fit of the clean rows shows."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 0.1, 200)
+    outliers = rng.random(200) < 0.3
+    near, far = np.where(outliers, 5.0, y), np.where(outliers, 500.0, y)
+    good, worse = np.zeros(200), np.full(200, 0.05)
+    assert protocol.validation_score(good, near) == protocol.validation_score(good, far)
+    assert protocol.validation_score(good, near) < protocol.validation_score(worse, near)

@@ -105,6 +105,57 @@ def _latency_cdf(plt, run_dir: Path):
     return fig
 
 
+def _log_if_wide(ax, values) -> None:
+    """A log axis only for curves spanning more than a decade (else it only hides the ticks)."""
+    v = [x for x in values if x > 0]
+    if v and max(v) / min(v) > 10:
+        ax.set_yscale("log")
+
+
+def _learning_curves(plt, run_dir: Path, cfg: Config, splits):
+    """Teacher: its own loss. Students: one figure every method shares (``History.val_metric``: the
+    label head's validation error against the labels as given, in label units); a run made before
+    that was recorded gets one panel per method, each with its own objective and axis."""
+    teacher = read_json(run_dir, "teacher.json")
+    methods = read_json(run_dir, "distill.json").get("methods", {})
+    shared = all(m["history"].get("val_metric") for m in methods.values())
+    panels = 2 if shared else 1 + len(methods)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * min(panels, 3), 4), squeeze=False)
+    axes = axes[0]
+    std = "standardised labels" if splits.task == "regression" else "cross-entropy, nats"
+    if teacher.get("history"):
+        axes[0].plot(teacher["history"]["train_loss"], label="train")
+        axes[0].plot(teacher["history"]["val_loss"], label="val")
+        axes[0].set_title(f"teacher: {teacher.get('loss', cfg.teacher.loss)} on the labels as given")
+        axes[0].set_ylabel(f"{teacher.get('loss', cfg.teacher.loss) if splits.task == 'regression' else 'loss'} "
+                           f"({std})")
+        _log_if_wide(axes[0], teacher["history"]["val_loss"] + teacher["history"]["train_loss"])
+    else:
+        axes[0].set_title(f"teacher given, not trained here: {teacher.get('origin', '')}"[:70])
+    if shared:
+        for name, m in methods.items():
+            axes[1].plot(m["history"]["val_metric"], label=name + (" (deployed)" if m.get("deployed") else ""))
+        if splits.task == "classification":
+            axes[1].set_ylabel("validation error rate")
+        else:
+            unit = splits.output_names[0] if splits.out_features == 1 and splits.output_names else "label units"
+            axes[1].set_ylabel(f"validation MAE ({unit})" if splits.out_features == 1
+                               else "validation MAE (standardised units, mean over outputs)")
+        axes[1].set_title("students: label head vs the validation labels as given")
+    else:
+        for ax, (name, m) in zip(axes[1:], methods.items()):
+            ax.plot(m["history"]["val_loss"], label="val")
+            ax.set_title(f"student[{name}]: its own objective")
+            ax.set_ylabel(f"validation loss ({std})")
+            _log_if_wide(ax, m["history"]["val_loss"])
+    for a in axes:
+        a.set_xlabel("epoch")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     import matplotlib
 
@@ -128,21 +179,7 @@ def make_plots(run_dir: Path, cfg: Config, rep: dict) -> list[str]:
     plt.close(fig)
     made.append("plots/fit.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    teacher = read_json(run_dir, "teacher.json")
-    if teacher.get("history"):
-        axes[0].plot(teacher["history"]["train_loss"], label="train")
-        axes[0].plot(teacher["history"]["val_loss"], label="val")
-        axes[0].set_title(f"teacher ({teacher.get('loss', cfg.teacher.loss)} on noisy labels)")
-    else:
-        axes[0].set_title(f"teacher given, not trained here: {teacher.get('origin', '')}"[:70])
-    for name, m in read_json(run_dir, "distill.json").get("methods", {}).items():
-        axes[1].plot(m["history"]["val_loss"], label=name)
-    axes[1].set_title("students: validation loss of each method's objective")
-    for a in axes:
-        a.set_yscale("log")
-        a.set_xlabel("epoch")
-        a.legend(fontsize=8)
+    fig = _learning_curves(plt, run_dir, cfg, splits)
     _savefig(fig, plots_dir / "learning_curves.png")
     plt.close(fig)
     made.append("plots/learning_curves.png")

@@ -49,6 +49,23 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
         return method.loss(label_out, teacher_out, b[1], b[2], idx)
 
     n, n_val = len(splits.y["train"]), len(splits.y["val"])
+    x_val, y_val = torch.as_tensor(np.ascontiguousarray(splits.x["val"])), splits.y["val"]
+
+    @torch.no_grad()
+    def val_metric(m) -> float:
+        """One figure every method's curve shares (their losses differ): the label head's validation
+        error against the labels as given: MAE in label units (regression; standardised units when
+        there are several outputs) or the error rate (classification)."""
+        was = m.training
+        m.eval()
+        out = m(x_val)[0].numpy()
+        m.train(was)
+        if splits.task == "classification":
+            return float(np.mean(out.argmax(axis=1) != y_val))
+        target = scaled(y_val, scale).reshape(len(y_val), -1)
+        err = np.abs(out[:, : target.shape[1]] - target)  # extra columns (abstain, variance) are not labels
+        return float(err.mean() * (scale[1][0] if scale is not None and err.shape[1] == 1 else 1.0))
+
     hist = fit(
         student,
         loss_fn,
@@ -58,6 +75,7 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
         seed=cfg.seed + 2,
         desc=f"student[{name}]",
         on_epoch_end=lambda epoch: method.epoch_end(),
+        val_metric=val_metric,
     )
     fold_scale(student.label_head, scale)
     fold_scale(student.teacher_head, scale)
