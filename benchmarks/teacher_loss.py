@@ -27,8 +27,7 @@ from protocol import REPORT_SEEDS, SELECTION_SEEDS, describe_seeds, paired, sele
 
 LOSSES = ("mse", "l1", "huber")
 BASELINE = "mse"
-TOY = {"sinusoid p=0.1": ["data.noise.outlier_fraction=0.1"], "sinusoid p=0.2": [],
-       "sinusoid p=0.4": ["data.noise.outlier_fraction=0.4"]}
+TOY = {"sinusoid p=0.2": [], "sinusoid p=0.4": ["data.noise.outlier_fraction=0.4"]}
 DIGITS = {"digits_rotation p=0.2": ["teacher.train.epochs=20"]}
 DIGITS_CONFIG = ROOT / "configs" / "digits_rotation.yaml"
 DIGITS_REPORT_SEEDS = (0, 1, 2)

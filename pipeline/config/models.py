@@ -22,8 +22,9 @@ class TeacherConfig(Strict):
     channels: list[int] = Field([32, 64, 128], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
     loss: Literal["mse", "l1", "huber"] = Field(
-        "mse", description="regression loss on the (noisy) labels (classification always uses cross-entropy); l1 "
-        "and huber are robust to outlier labels, and early stopping uses the same loss on the validation split"
+        "l1", description="regression loss on the (noisy) labels (classification always uses cross-entropy); l1 "
+        "and huber are robust to outlier labels, and early stopping uses the same loss on the validation split. "
+        "l1 by measurement (docs/BENCHMARKS.md 'Teacher loss'): better students than mse on every setting tried"
     )
     huber_delta: float | None = Field(
         None, gt=0, description="loss=huber: where the loss turns linear, in standardised label units; null: "

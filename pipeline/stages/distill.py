@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from pipeline import distributed, train
-
 from pipeline.checkpoints import build_student, save_model
 from pipeline.config import Config
 from pipeline.data import Splits
@@ -58,12 +57,11 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
         there are several outputs) or the error rate (classification)."""
         was = m.training
         m.eval()
-        out = m(x_val)[0].numpy()
+        out = m(x_val)[0].numpy()[:, :d_out]  # extra columns (abstain, variance) are not labels
         m.train(was)
         if splits.task == "classification":
             return float(np.mean(out.argmax(axis=1) != y_val))
-        target = scaled(y_val, scale).reshape(len(y_val), -1)
-        err = np.abs(out[:, : target.shape[1]] - target)  # extra columns (abstain, variance) are not labels
+        err = np.abs(out - scaled(y_val, scale).reshape(len(y_val), -1))
         return float(err.mean() * (scale[1][0] if scale is not None and err.shape[1] == 1 else 1.0))
 
     hist = fit(
