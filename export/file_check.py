@@ -17,7 +17,7 @@ from export.job import ExportJob, Format
 from export.onnx_export import graph_io
 from export.tflite import non_builtin_ops, tflite_ops
 from export.xnnpack import xnnpack_delegation
-from pipeline.metrics import max_abs_diff, task_metrics
+from pipeline.metrics import max_abs_diff, parity_bound, task_metrics
 
 def _io_description(model) -> dict:
     """Input/output name, shape, dtype, layout and quantization of a loaded runtime model."""
@@ -112,8 +112,10 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         torch_rmse = torch_metrics["rmse"]
         row["rmse_ratio_vs_torch"] = row["rmse"] / torch_rmse if torch_rmse else None
     if fmt.strict:
-        if not row["max_abs_diff_vs_torch"] <= job.cfg.parity_atol:  # NaN fails
-            problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {job.cfg.parity_atol:g}")
+        row["parity_bound"] = parity_bound(job.cfg.parity_atol, ref)
+        if not row["max_abs_diff_vs_torch"] <= row["parity_bound"]:  # NaN fails
+            problems.append(f"max |diff| vs PyTorch {row['max_abs_diff_vs_torch']:.3g} > {row['parity_bound']:.3g} "
+                            f"(export.parity_atol={job.cfg.parity_atol:g} x max(1, largest |output|))")
     elif job.task == "classification":
         limit = limits.fp16_accuracy_drop if fmt.precision == "fp16" else limits.int8_accuracy_drop
         row["accuracy_drop_limit"] = limit

@@ -32,6 +32,14 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(p - t))) if p.size else 0.0
 
 
+def parity_bound(atol: float, ref) -> float:
+    """The largest |diff| two float32 computations of ``ref`` may show: ``atol`` for outputs up to 1 in
+    size, scaled by the largest |output| beyond (float32 carries ~7 significant digits: outputs in the
+    hundreds, e.g. prices or degrees, differ by more than 1e-4 between runtimes at the last digit)."""
+    r = np.asarray(ref, dtype=np.float64)
+    return float(atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0))
+
+
 def regression_metrics(pred, target) -> dict[str, float]:
     return {"rmse": rmse(pred, target), "mae": mae(pred, target)}
 

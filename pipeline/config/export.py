@@ -74,7 +74,8 @@ class TFLiteConfig(Strict):
 class ExportConfig(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the dynamo exporter writes 18 natively)")
     simplify: bool = Field(True, description="run onnxsim on the exported graph")
-    parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch")
+    parity_atol: float = Field(1e-4, gt=0, description="max |diff| allowed between fp32 files and PyTorch, times "
+                               "max(1, largest |output|) (float32 keeps ~7 significant digits)")
     formats: list[FormatName] = Field(
         list(SERVER_DEFAULT), min_length=1,
         description="formats written with a dynamic batch axis (server use) and benchmarked (default: every format "

@@ -16,7 +16,7 @@ from pipeline.config import Config
 from pipeline.data import Splits
 from pipeline.errors import ParityError
 from pipeline.io import atomic_write_json
-from pipeline.metrics import max_abs_diff, minus_floor, require_finite
+from pipeline.metrics import max_abs_diff, minus_floor, parity_bound, require_finite
 from pipeline.runner import Context
 from pipeline.stages.common import deployed_abstains, metrics_of
 from pipeline.stages.export import export_environment
@@ -67,8 +67,7 @@ def stage_bench(ctx: Context) -> list[str]:
                 elif r["file"] in host_out:
                     ref = host_out[r["file"]][: len(out)]
                     res["max_abs_diff_vs_host"] = max_abs_diff(out, ref)
-                    # float32 carries ~7 digits: for outputs far from 1 (e.g. degrees) the bound scales
-                    res["parity_bound"] = b.parity_atol * max(1.0, float(np.abs(ref).max()))
+                    res["parity_bound"] = parity_bound(b.parity_atol, ref)  # scales with the outputs' size
                     if r["precision"] == "fp32" and not res["max_abs_diff_vs_host"] <= res["parity_bound"]:
                         mismatches.append(f"{spec} {r['file']}: {res['max_abs_diff_vs_host']:.3g} "
                                           f"> {res['parity_bound']:.3g}")
