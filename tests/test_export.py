@@ -103,3 +103,16 @@ def test_int8_calibration_methods_all_work(tmp_path):
         out = predict_all(load_model(str(dst)), job.x_eval)
         assert np.isfinite(out).all()
         assert np.abs(out - job.torch_outputs).max() < 0.5
+
+
+def test_parity_bound_scales_with_the_outputs_size():
+    """Outputs in the hundreds (prices, degrees) differ between float32 runtimes by a few ulps, well above
+    1e-4 in absolute terms: the bound is atol x max(1, largest |output|), for export and bench alike."""
+    from pipeline.metrics import parity_bound
+
+    ref = np.float32([[0.5], [-0.25]])
+    assert parity_bound(1e-4, ref) == 1e-4
+    prices = np.float32([[412.5], [-97.0]])
+    two_ulps = 2 * float(np.spacing(np.float32(412.5)))  # 6.1e-5
+    assert 1e-4 < parity_bound(1e-4, prices) == pytest.approx(0.04125)
+    assert two_ulps <= parity_bound(1e-4, prices) and not 1.0 <= parity_bound(1e-4, prices)
