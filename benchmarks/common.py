@@ -92,6 +92,21 @@ def write_section(name: str, body: str) -> None:
     BENCH_MD.write_text(text)
 
 
+def run_jobs(fn, jobs: list[tuple], workers: int, desc: str) -> list[dict]:
+    """``fn(*job)`` for every job in ``workers`` processes (a progress bar over jobs); the rows each
+    job returns, concatenated in job order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    results = []
+    with ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, *j) for j in jobs]
+        for f in tqdm(futures, desc=desc, unit="job"):
+            results += f.result()
+    return results
+
+
 def save_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1))

@@ -18,11 +18,10 @@ import argparse
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from common import ROOT, machine, save_json, write_section
+from common import ROOT, machine, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, SELECTION_SEEDS, describe_seeds, paired, select, validation_score
 
 LOSSES = ("mse", "l1", "huber")
@@ -69,17 +68,6 @@ def _job(setting: str, seed: int, students: bool) -> list[dict]:
     return out
 
 
-def _run_all(jobs: list[tuple[str, int, bool]], workers: int) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    results = []
-    with ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(_job, *j) for j in jobs]
-        for f in tqdm(futures, desc="data draws", unit="job"):
-            results += f.result()
-    return results
-
-
 def _errs(rows: list[dict], setting: str, loss: str, seeds, key: str) -> list[float]:
     return [next(r[key] for r in rows if r["setting"] == setting and r["loss"] == loss and r["seed"] == s)
             for s in seeds]
@@ -99,7 +87,7 @@ def main() -> int:
 
     jobs = [(st, s, st in TOY) for st in settings for s in SELECTION_SEEDS]
     jobs += [(st, s, st in TOY) for st in settings for s in (report_seeds if st in TOY else DIGITS_REPORT_SEEDS)]
-    rows = _run_all(jobs, args.workers)
+    rows = run_jobs(_job, jobs, args.workers, "data draws")
     sel = [r for r in rows if r["seed"] in SELECTION_SEEDS]
     rep = [r for r in rows if r["seed"] not in SELECTION_SEEDS]
     score = {(r["setting"], r["loss"], r["seed"]): r["val_score"] for r in sel}

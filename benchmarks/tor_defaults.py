@@ -17,11 +17,10 @@ import argparse
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from common import ROOT, machine, save_json, write_section
+from common import ROOT, machine, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, SELECTION_SEEDS, describe_seeds, paired, select, validation_score
 
 SHIPPED = "reject, k=2, head 0.5"
@@ -68,17 +67,6 @@ def _job(fraction: float, seed: int, runs: list[tuple[str, str, list[str]]]) -> 
     return out
 
 
-def _run_all(jobs: list[tuple[float, int, list]], workers: int) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    results = []
-    with ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(_job, *j) for j in jobs]
-        for f in tqdm(futures, desc="teachers", unit="job"):
-            results += f.result()
-    return results
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fractions", default="0.1,0.2,0.4")
@@ -93,7 +81,7 @@ def main() -> int:
 
     # 1. selection: noisy validation of the selection seeds only
     sel_runs = [(name, "tor_mt", sets) for name, sets in SETTINGS.items()]
-    sel = _run_all([(p, s, sel_runs) for p in fractions for s in SELECTION_SEEDS], args.workers)
+    sel = run_jobs(_job, [(p, s, sel_runs) for p in fractions for s in SELECTION_SEEDS], args.workers, "teachers")
     score = {(r["name"], r["seed"], r["fraction"]): r["val_score"] for r in sel}
     best, means = select(SETTINGS, lambda name, seed: np.mean([score[(name, seed, p)] for p in fractions]))
     print(f"selected: {best}  (validation MAE {means[best]:.4f}; shipped {SHIPPED}: {means[SHIPPED]:.4f})")
@@ -103,7 +91,7 @@ def main() -> int:
     rep_runs = [("scratch", "scratch", []), ("tor", "tor", tor_sets), ("tor_mt (selected)", "tor_mt", SETTINGS[best])]
     if best != SHIPPED:
         rep_runs.append(("tor_mt (shipped)", "tor_mt", SETTINGS[SHIPPED]))
-    rep = _run_all([(p, s, rep_runs) for p in fractions for s in report_seeds], args.workers)
+    rep = run_jobs(_job, [(p, s, rep_runs) for p in fractions for s in report_seeds], args.workers, "teachers")
     elapsed = time.time() - t0
 
     def errs(name, p):
