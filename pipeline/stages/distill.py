@@ -48,7 +48,10 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
         return method.loss(label_out, teacher_out, b[1], b[2], idx)
 
     n, n_val = len(splits.y["train"]), len(splits.y["val"])
-    x_val, y_val = torch.as_tensor(np.ascontiguousarray(splits.x["val"])), splits.y["val"]
+    x_val = torch.as_tensor(np.ascontiguousarray(splits.x["val"]))
+    # what the label head is compared with each epoch: class ids, or the scaled labels (n, k)
+    target = splits.y["val"] if splits.task == "classification" else y["val"].reshape(n_val, -1)
+    unit = scale[1][0] if scale is not None and target.ndim == 2 and target.shape[1] == 1 else 1.0
 
     @torch.no_grad()
     def val_metric(m) -> float:
@@ -60,9 +63,8 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
         out = m(x_val)[0].numpy()[:, :d_out]  # extra columns (abstain, variance) are not labels
         m.train(was)
         if splits.task == "classification":
-            return float(np.mean(out.argmax(axis=1) != y_val))
-        err = np.abs(out - scaled(y_val, scale).reshape(len(y_val), -1))
-        return float(err.mean() * (scale[1][0] if scale is not None and err.shape[1] == 1 else 1.0))
+            return float(np.mean(out.argmax(axis=1) != target))
+        return float(np.abs(out - target).mean() * unit)
 
     hist = fit(
         student,
@@ -80,12 +82,19 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
     return student, hist, method
 
 
-def fit_method(cfg: Config, run_dir: Path, name: str) -> dict:
-    """Train method ``name``'s student, check its outputs, save it; returns its ``distill.json`` entry."""
+def load_inputs(run_dir: Path) -> tuple[Splits, dict[str, np.ndarray], np.ndarray | None]:
+    """(splits, teacher predictions per split, SRL significance or None) of a run directory."""
     splits = Splits.load(run_dir / "data.npz")
     with np.load(run_dir / "teacher_preds.npz") as z:
         yt = {s: z[s] for s in ("train", "val", "test")}
         significance = z["significance_train"] if "significance_train" in z.files else None
+    return splits, yt, significance
+
+
+def fit_method(cfg: Config, run_dir: Path, name: str, inputs: tuple | None = None) -> dict:
+    """Train method ``name``'s student, check its outputs, save it; returns its ``distill.json`` entry.
+    ``inputs``: ``load_inputs(run_dir)`` when the caller has it already."""
+    splits, yt, significance = inputs or load_inputs(run_dir)
     d_in, d_out = dims(splits)
     student, hist, method = train_student(cfg, splits, yt, name, significance)
     label_pred, teacher_pred = predict(student, splits.x["test"])
@@ -143,6 +152,7 @@ def stage_distill(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     deployed, *baselines = list(dict.fromkeys([cfg.distill.method, *cfg.distill.baselines]))
     workers, threads = parallel_plan(cfg, len(baselines))
+    inputs = load_inputs(ctx.run_dir)  # a worker loads its own copy
     results: dict[str, dict] = {}
     if workers:
         log.info("distill: %d baseline(s) in %d worker process(es) beside %s, %d torch thread(s) each",
@@ -154,15 +164,15 @@ def stage_distill(ctx: Context) -> list[str]:
                 level = logging.getLogger("pipeline").getEffectiveLevel()
                 jobs = {name: pool.submit(_fit_in_worker, cfg, str(ctx.run_dir), name, threads, level)
                         for name in baselines}
-                results[deployed] = fit_method(cfg, ctx.run_dir, deployed)
+                results[deployed] = fit_method(cfg, ctx.run_dir, deployed, inputs)
                 for name, job in jobs.items():
                     results[name] = job.result()
         finally:
             torch.set_num_threads(before)
     else:
         for name in (deployed, *baselines):
-            results[name] = fit_method(cfg, ctx.run_dir, name)
-    d_in, d_out = dims(Splits.load(ctx.path("data.npz")))
+            results[name] = fit_method(cfg, ctx.run_dir, name, inputs)
+    d_in, d_out = dims(inputs[0])
     sizes = check_model_sizes(cfg, d_out, d_in)
     atomic_write_json(ctx.path("distill.json"), {"methods": {k: results[k] for k in (deployed, *baselines)},
                                                  **sizes})
