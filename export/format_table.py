@@ -61,7 +61,8 @@ FORMAT_TABLE: tuple[FormatRow, ...] = (
     FormatRow("tflite_dynamic_range", "{stem}_dynamic_range.tflite", "litert", "int8", False, "onnx2tf", False,
               "TFLite dynamic-range: int8 weights, float activations", "dynamic_range"),
     FormatRow("tflite_int8", "{stem}_int8.tflite", "litert", "int8", False, "onnx2tf", True,
-              "TFLite full-integer int8 (representative training inputs), float32 I/O", "int8"),
+              "TFLite int8 (representative training inputs), float32 I/O; export.int8.float_ops and "
+              "float_last_layer kept float", "int8"),
     FormatRow("tflite_int8_io", "{stem}_int8_io.tflite", "litert", "int8", False, "onnx2tf", True,
               "TFLite full-integer int8 with int8 input and output", "int8_io"),
 )

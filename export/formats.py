@@ -106,8 +106,9 @@ def _convert_tflite(job: ExportJob) -> dict[str, Path]:
     if job.cfg.tflite.converter == litert.NAME:  # from the PyTorch model (export.litert)
         return litert.torch_to_tflite(job.model, job.input_shape, job.batch, job.out_dir, job.stem,
                                       job.tflite_variants, calib)
-    return onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib,
-                          prepare=job.cfg.int8.prepare)
+    q = job.cfg.int8
+    return onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib, prepare=q.prepare,
+                          float_ops=tuple(q.float_ops), float_last=q.float_last_layer)
 
 
 def prefetch_tflite(job: ExportJob, names: list[str]) -> None:

@@ -9,9 +9,16 @@ One call converts one ONNX file into the TFLite variants asked for, no more:
 * ``int8`` (int8 compute, float I/O) is onnx2tf's full-integer conversion, made here with the same
   converter settings and representative data, but calibrated **once**: onnx2tf calibrates four
   times (int8, int8 I/O, and two int16-activation variants nobody asked for).
-* ``int8_io`` is derived from the ``int8`` file by changing its interface (TFLite's
+* ``int8_io`` is derived from that full-integer file by changing its interface (TFLite's
   ``modify_model_io_type`` drops the input QUANTIZE and output DEQUANTIZE ops and makes the I/O
   tensors int8 with the same scale and zero point), not by a second calibration.
+* ``int8`` keeps in float what ``float_ops`` (TFLite op types, ``export.int8.float_ops``) and
+  ``float_last`` (``export.int8.float_last_layer``: the last FULLY_CONNECTED / CONV_2D and every op
+  after it, so the output is not rounded to 256 levels; only while another layer stays int8) name,
+  by TFLite's selective quantization (``mlir_quantize`` with ``denylisted_ops`` /
+  ``denylisted_nodes``: what ``tf.lite.experimental.QuantizationDebugger`` does for
+  ``QuantizationDebugOptions(denylisted_ops=..., denylisted_nodes=...)``): float tensors between a
+  DEQUANTIZE and a QUANTIZE. A graph with nothing to keep float gets the full-integer file.
 
 Keras names layers from a process-wide counter, so every conversion starts with
 ``clear_session()``: a file converted as the n-th request of the child is byte-identical to one
@@ -36,10 +43,11 @@ SUFFIX = {
 INTEGER = {"int8", "int8_io"}
 
 
-def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None) -> dict[str, str]:
+def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None, float_ops: list[str] = (),
+            float_last: bool = False) -> dict[str, str]:
     """Write the ``variants`` of ``src`` into ``out_dir`` as ``<stem>_<suffix>.tflite``; returns
     {variant: path}. ``calib_path``: an .npy of representative inputs (TFLite layout), needed by
-    the full-integer variants."""
+    the full-integer variants; ``float_ops`` / ``float_last``: what the ``int8`` file keeps float."""
     import onnx2tf
     import tf_keras
 
@@ -63,7 +71,7 @@ def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None)
     )
     stem = copy.stem
     if integer:
-        _integer(out, stem, variants, np.load(calib_path), _onnx_io(copy))
+        _integer(out, stem, variants, np.load(calib_path), _onnx_io(copy), tuple(float_ops), bool(float_last))
     made = {}
     for v in variants:
         path = out / f"{stem}_{SUFFIX[v]}.tflite"
@@ -74,13 +82,30 @@ def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None)
     return made
 
 
-def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: dict) -> None:
+def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: dict, float_ops: tuple[str, ...] = (),
+             float_last: bool = False) -> None:
     """onnx2tf's full-integer conversion (its converter settings and representative data: the
     calibration rows in order, in batches of the model's batch size, normalised with mean 0 and
-    std 1), calibrated once; the int8-I/O file from the int8 one by an interface change."""
+    std 1), calibrated once; the int8-I/O file from it by an interface change; the float-I/O int8
+    file from it, or, when something is kept float, by a selective quantization of the same data."""
     import tensorflow as tf
     from onnx2tf.utils.common_functions import rewrite_tflite_inout_opname
     from tensorflow.lite.python.util import modify_model_io_type
+
+    full = _int8_converter(out, calib).convert()
+    files = {"int8": full}
+    if "int8_io" in variants:
+        files["int8_io"] = _tidy(modify_model_io_type(full, tf.int8, tf.int8), full)
+    if "int8" in variants and (float_ops or float_last) and any(_kept_float(full, float_ops, float_last)):
+        files["int8"] = _selective(out, calib, float_ops, float_last)
+    for v, data in files.items():
+        name_ = f"{stem}_{SUFFIX[v]}.tflite"
+        (out / name_).write_bytes(data)
+        rewrite_tflite_inout_opname(output_folder_path=str(out), tflite_file_name=name_, **io)
+
+
+def _int8_converter(out: Path, calib: np.ndarray):
+    import tensorflow as tf
 
     trackable = tf.saved_model.load(str(out))
     signature = trackable.signatures["serving_default"]
@@ -98,14 +123,56 @@ def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: d
     converter._experimental_disable_per_channel = False
     converter.unfold_batchmatmul = False
     converter.representative_dataset = representative
-    int8 = converter.convert()
-    files = {"int8": int8}
-    if "int8_io" in variants:
-        files["int8_io"] = _tidy(modify_model_io_type(int8, tf.int8, tf.int8), int8)
-    for v, data in files.items():
-        name_ = f"{stem}_{SUFFIX[v]}.tflite"
-        (out / name_).write_bytes(data)
-        rewrite_tflite_inout_opname(output_folder_path=str(out), tflite_file_name=name_, **io)
+    return converter
+
+
+LAYERS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+NOT_COMPUTE = ("QUANTIZE", "DEQUANTIZE")
+
+
+def _ops(model: bytes) -> list[tuple[str, str]]:
+    """(op type, first output tensor name) of each operator of the main graph, in execution order."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils as fb
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = fb.convert_bytearray_to_object(model)
+    g = m.subgraphs[0]
+    out = []
+    for op in g.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        out.append((kind, g.tensors[op.outputs[0]].name.decode()))
+    return [o for o in out if o[0] not in NOT_COMPUTE]
+
+
+def _kept_float(model: bytes, float_ops: tuple[str, ...], float_last: bool) -> tuple[list[str], list[str]]:
+    """(op types, node names) the float-I/O int8 file keeps in float: the ``float_ops`` types the
+    graph has, and with ``float_last`` the last FULLY_CONNECTED / CONV_2D and every op after it
+    (only while another layer stays int8: ``export.quantize.keeps_last_float``)."""
+    from export.quantize import keeps_last_float
+
+    ops = _ops(model)
+    types = sorted({t for t, _ in ops} & set(float_ops))
+    layers = [i for i, (t, _) in enumerate(ops) if t in LAYERS]
+    dense = [i for i in layers if ops[i][0] != "DEPTHWISE_CONV_2D"]
+    nodes = []
+    if dense and keeps_last_float(len(layers), False, float_last):
+        nodes = [n for t, n in ops[dense[-1]:] if t not in types]
+    return types, nodes
+
+
+def _selective(out: Path, calib: np.ndarray, float_ops: tuple[str, ...], float_last: bool) -> bytes:
+    """The int8 file with what ``_kept_float`` names in float (TFLite's selective quantization)."""
+    from tensorflow.lite.python.convert import mlir_quantize
+    from tensorflow.lite.python.lite import _deduplicate_readonly_buffers
+
+    converter = _int8_converter(out, calib)
+    converter._experimental_calibrate_only = True  # as QuantizationDebugger does
+    calibrated = converter.convert()
+    types, nodes = _kept_float(calibrated, float_ops, float_last)  # node names as the quantizer knows them
+    model = mlir_quantize(calibrated, disable_per_channel=False, denylisted_ops=types, denylisted_nodes=nodes)
+    return _deduplicate_readonly_buffers(model)  # as TFLiteConverter.convert() finishes
 
 
 def _tidy(model: bytes, like: bytes) -> bytes:

@@ -70,3 +70,34 @@ def test_benched_on_emulated_arm_with_arm_verdicts(pose_run):
     assert judged["student.int8.onnx"] == "qemu-aarch64 outputs (ARM)"
     md = (pose_run / "report.md").read_text()
     assert "XNNPACK nodes" in md
+
+
+def _op_dtypes(path) -> list[tuple[str, str]]:
+    """(op type, dtype of its output) of each operator of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    dtype = {t["index"]: np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+    return [(op["op_name"], dtype[op["outputs"][0]]) for op in it._get_ops_details()]
+
+
+def test_float_io_int8_tflite_keeps_mul_and_last_layer_float(pose_run):
+    """export.int8.float_ops (MUL) and float_last_layer: the float-I/O int8 file computes hard-swish /
+    squeeze-excite products and the last layer in float (selective quantization, still one XNNPACK
+    partition); the int8-I/O file stays full-integer; and keeping them float brings the file nearer
+    the fp32 file on real inputs."""
+    from device_bench.runner import load_model, predict_all
+
+    mixed, full = _op_dtypes(pose_run / "student_int8.tflite"), _op_dtypes(pose_run / "student_int8_io.tflite")
+    assert {d for op, d in mixed if op == "MUL"} == {"float32"}
+    assert [d for op, d in mixed if op == "FULLY_CONNECTED"][-1] == "float32"
+    assert [d for op, d in mixed if op == "CONV_2D"][0] == "int8"  # the rest stays int8
+    assert {d for op, d in full if op in ("MUL", "FULLY_CONNECTED", "CONV_2D")} == {"int8"}
+    rows = {r["format"]: r for r in json.loads((pose_run / "export.json").read_text())["formats"]
+            if r["model"] == "student"}
+    assert rows["tflite_int8"]["xnnpack"]["fully_delegated"], rows["tflite_int8"]["xnnpack"]
+    x = np.load(pose_run / "data.npz")["x_test"].astype(np.float32)
+    ref = predict_all(load_model(str(pose_run / "student_fp32.tflite")), x)
+    err = {name: float(np.sqrt(np.mean((predict_all(load_model(str(pose_run / name)), x) - ref) ** 2)))
+           for name in ("student_int8.tflite", "student_int8_io.tflite")}
+    assert err["student_int8.tflite"] < err["student_int8_io.tflite"], err
