@@ -77,19 +77,34 @@ def selective_risk(correct: np.ndarray, abstain_score: np.ndarray, coverages=COV
     return {_pct(c): float(1.0 - correct[kept].mean()) for c, kept in kept_by_coverage(abstain_score, coverages)}
 
 
+def aurc(correct: np.ndarray, abstain_score: np.ndarray) -> float:
+    """Area under the risk-coverage curve (Geifman et al., "Bias-reduced uncertainty estimation for
+    deep neural classifiers", ICLR 2019): the mean, over k = 1..N, of the error rate on the k samples
+    with the lowest abstention score (order as ``kept_by_coverage``). Lower is better; a perfect
+    ranking of the same errors gives the smallest value, a random one about the error rate."""
+    correct = np.asarray(correct, dtype=bool).ravel()
+    order = np.argsort(np.asarray(abstain_score, dtype=np.float64).ravel(), kind="stable")
+    if not len(order):
+        raise ValueError("selective prediction needs at least one sample")
+    errors = np.cumsum(~correct[order])
+    return float(np.mean(errors / np.arange(1, len(order) + 1)))
+
+
 def classification_metrics(logits, labels, abstain: bool = False) -> dict:
     """Accuracy of (N, m) logits (an abstaining model has m + 1 outputs, the last = abstain), the
     error rate, and selective risk at the standard coverages: by softmax confidence always, and by
-    the abstain output for an abstaining model."""
+    the abstain output for an abstaining model; and the area under each risk-coverage curve (``aurc``)."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels).reshape(-1).astype(np.int64)
     real = z[:, :-1] if abstain else z
     p = _softmax(real)
     correct = p.argmax(axis=1) == y
+    doubt = 1.0 - p.max(axis=1)
     out = {"accuracy": float(correct.mean()), "error_rate": float(1.0 - correct.mean()),
-           "risk_softmax": selective_risk(correct, 1.0 - p.max(axis=1))}
+           "risk_softmax": selective_risk(correct, doubt), "aurc_softmax": aurc(correct, doubt)}
     if abstain:
         out["risk_abstain"] = selective_risk(correct, _softmax(z)[:, -1])
+        out["aurc_abstain"] = aurc(correct, _softmax(z)[:, -1])
     return out
 
 

@@ -227,6 +227,26 @@ def test_selective_risk_full_coverage_is_plain_error_and_abstention_helps():
         selective_risk(pred, y, score, coverages=(0.0,))
 
 
+def test_aurc_is_the_mean_risk_over_every_coverage_and_rewards_a_better_ranking():
+    import numpy as np
+
+    from pipeline.metrics import aurc, classification_metrics
+
+    correct = np.array([True, True, False, True, False])  # 2 errors, at indices 2 and 4
+    # kept in order 3, 0, 1, 4, 2: risks 0, 0, 0, 1/4, 2/5
+    assert aurc(correct, [0.1, 0.2, 0.9, 0.0, 0.8]) == pytest.approx((0.25 + 0.4) / 5)
+    worst = aurc(correct, [0.9, 0.8, 0.0, 0.7, 0.1])  # the errors kept first: 1, 1, 2/3, 2/4, 2/5
+    assert worst == pytest.approx((1 + 1 + 2 / 3 + 0.5 + 0.4) / 5)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    logits = rng.normal(size=(400, 3))
+    logits[np.arange(400), y] += rng.normal(1.0, 2.0, 400)  # confidence tracks correctness
+    m = classification_metrics(logits, y)
+    assert m["aurc_softmax"] < m["error_rate"]  # better than keeping samples at random
+    shuffled = aurc(logits.argmax(1) == y, rng.permutation(400))
+    assert abs(shuffled - m["error_rate"]) < 0.1 and m["aurc_softmax"] < shuffled
+
+
 # --------------------------------------------------------------------------- self-regulated learning
 
 

@@ -75,14 +75,18 @@ def tables(rep: dict) -> list[Table]:
                 ["model", "params", "head", c1, c2, f"teacher-head {c1}", "samples back-propagated (share)"], rows))
     if task == "classification":
         covs = ["100", "95", "90", "80", "70", "50"]
-        rows = [["teacher", "softmax confidence", *(_f(t["test"]["risk_softmax"][c], 3) for c in covs)]]
+        rows = [["teacher", "softmax confidence", *(_f(t["test"]["risk_softmax"][c], 3) for c in covs),
+                 _f(t["test"].get("aurc_softmax"), 4)]]
         for name, m in rep["students"].items():
             h = m["test_label_head"]
-            rows.append([name, "softmax confidence", *(_f(h["risk_softmax"][c], 3) for c in covs)])
+            rows.append([name, "softmax confidence", *(_f(h["risk_softmax"][c], 3) for c in covs),
+                         _f(h.get("aurc_softmax"), 4)])
             if "risk_abstain" in h:
-                rows.append([name, "abstain output (gambler)", *(_f(h["risk_abstain"][c], 3) for c in covs)])
-        out.append((f"Selective risk (error rate on the kept samples) at each coverage, {test_set_name(rep)}",
-                    ["model", "abstains on", *(c + " %" for c in covs)], rows))
+                rows.append([name, "abstain output (gambler)", *(_f(h["risk_abstain"][c], 3) for c in covs),
+                             _f(h.get("aurc_abstain"), 4)])
+        out.append((f"Selective risk (error rate on the kept samples) at each coverage, and the area under the "
+                    f"risk-coverage curve (AURC, lower is better), {test_set_name(rep)}",
+                    ["model", "abstains on", *(c + " %" for c in covs), "AURC"], rows))
     if rej := [(n, m["rejection"]) for n, m in rep["students"].items() if m.get("rejection")]:
         known = any("real_outliers" in r for _, r in rej)
         out.append(("Outlier rejection: training labels flagged by the teacher's residual (fixed before training)",
