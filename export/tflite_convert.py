@@ -96,7 +96,7 @@ def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: d
     files = {"int8": full}
     if "int8_io" in variants:
         files["int8_io"] = _tidy(modify_model_io_type(full, tf.int8, tf.int8), full)
-    if "int8" in variants and (float_ops or float_last) and any(_kept_float(full, float_ops, float_last)):
+    if "int8" in variants and any(_kept_float(full, float_ops, float_last)):  # else no second calibration
         files["int8"] = _selective(out, calib, float_ops, float_last)
     for v, data in files.items():
         name_ = f"{stem}_{SUFFIX[v]}.tflite"

@@ -53,12 +53,19 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def kept_by_coverage(abstain_score, coverages=COVERAGES) -> list[tuple[float, np.ndarray]]:
-    """For each coverage c in (0, 1]: the indices of the max(1, round(c * N)) samples with the lowest
-    abstention score (ties: lower index first), the samples a selective predictor keeps."""
+def _keep_order(abstain_score) -> np.ndarray:
+    """Sample indices by rising abstention score (ties: lower index first): the order a selective
+    predictor keeps them in."""
     order = np.argsort(np.asarray(abstain_score, dtype=np.float64).ravel(), kind="stable")
     if not len(order):
         raise ValueError("selective prediction needs at least one sample")
+    return order
+
+
+def kept_by_coverage(abstain_score, coverages=COVERAGES) -> list[tuple[float, np.ndarray]]:
+    """For each coverage c in (0, 1]: the indices of the max(1, round(c * N)) samples with the lowest
+    abstention score (ties: lower index first), the samples a selective predictor keeps."""
+    order = _keep_order(abstain_score)
     out = []
     for c in coverages:
         if not 0 < c <= 1:
@@ -80,13 +87,10 @@ def selective_risk(correct: np.ndarray, abstain_score: np.ndarray, coverages=COV
 def aurc(correct: np.ndarray, abstain_score: np.ndarray) -> float:
     """Area under the risk-coverage curve (Geifman et al., "Bias-reduced uncertainty estimation for
     deep neural classifiers", ICLR 2019): the mean, over k = 1..N, of the error rate on the k samples
-    with the lowest abstention score (order as ``kept_by_coverage``). Lower is better; a perfect
+    with the lowest abstention score (``_keep_order``). Lower is better; a perfect
     ranking of the same errors gives the smallest value, a random one about the error rate."""
-    correct = np.asarray(correct, dtype=bool).ravel()
-    order = np.argsort(np.asarray(abstain_score, dtype=np.float64).ravel(), kind="stable")
-    if not len(order):
-        raise ValueError("selective prediction needs at least one sample")
-    errors = np.cumsum(~correct[order])
+    order = _keep_order(abstain_score)
+    errors = np.cumsum(~np.asarray(correct, dtype=bool).ravel()[order])
     return float(np.mean(errors / np.arange(1, len(order) + 1)))
 
 
