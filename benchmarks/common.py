@@ -92,6 +92,18 @@ def write_section(name: str, body: str) -> None:
     BENCH_MD.write_text(text)
 
 
+def protocol_arguments(ap) -> None:
+    """The options every protocol benchmark shares: --report-seeds, --workers, --no-write."""
+    import os
+
+    from protocol import REPORT_SEEDS
+
+    ap.add_argument("--report-seeds", type=lambda v: [int(s) for s in v.split(",")], default=list(REPORT_SEEDS),
+                    help="comma-separated (default: protocol.REPORT_SEEDS)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ and results/ alone")
+
+
 def run_jobs(fn, jobs: list[tuple], workers: int, desc: str) -> list[dict]:
     """``fn(*job)`` for every job in ``workers`` processes (a progress bar over jobs); the rows each
     job returns, concatenated in job order."""

@@ -1,6 +1,7 @@
 """Checks on written files beyond the runtime parity of ``formats.check_file``: every ``.onnx``
 passes ``onnx.checker.check_model(full_check=True)`` (field ``onnx_checker``), every ``.tflite``
-loads in TensorFlow's own ``tf.lite.Interpreter`` as well as LiteRT (field ``tensorflow_interpreter``),
+loads in TensorFlow's own ``tf.lite.Interpreter`` as well as LiteRT (field ``tensorflow_interpreter``)
+and gets TensorFlow's static GPU-delegate verdict (field ``gpu_delegate``),
 and no file's outputs hold NaN or infinity. A file that fails becomes a ``failed`` row."""
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def add_file_checks(groups: list[tuple[Path, list[dict]]]) -> None:
                                                  "failed: " + res.get("error", ""))
                 if res.get("ok") is False:
                     _fail(row, f"tf.lite.Interpreter cannot load {path.name}: {res.get('error')}")
+                if res.get("gpu_delegate"):
+                    row["gpu_delegate"] = f"{res['gpu_delegate']} (static check, TensorFlow {res.get('version')})"
             n_bad = row.get("non_finite_outputs")
             if n_bad:
                 _fail(row, f"{n_bad} NaN or infinite outputs")

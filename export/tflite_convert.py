@@ -27,6 +27,8 @@ converted in a fresh process.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
@@ -231,8 +233,24 @@ def _onnx_io(path: Path) -> dict:
             "onnx_graph_output_shapes": [shape(v) for v in g.output]}
 
 
+def gpu_compatibility(tf, path: str) -> str:
+    """TensorFlow's static GPU-delegate check of a .tflite (``tf.lite.experimental.Analyzer`` with
+    ``gpu_compatibility=True``): "compatible", or "not compatible: " and the ops it names. Static: a
+    file it passes may still meet a device's own limits at run time."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tf.lite.experimental.Analyzer.analyze(model_path=path, gpu_compatibility=True)
+    text = buf.getvalue()
+    if "looks compatible with GPU delegate" in text:
+        return "compatible"
+    why = sorted({" ".join(line.split("GPU COMPATIBILITY WARNING:", 1)[1].split())
+                  for line in text.splitlines() if "GPU COMPATIBILITY WARNING:" in line})
+    return "not compatible: " + ("; ".join(why)[:300] if why else "the analyzer says so")
+
+
 def tf_load(paths: list[str]) -> dict[str, dict]:
-    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors)."""
+    """Load each .tflite in TensorFlow's own ``tf.lite.Interpreter`` (allocate_tensors), and run
+    TensorFlow's static GPU-delegate check on it (``gpu_compatibility``)."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -242,7 +260,7 @@ def tf_load(paths: list[str]) -> dict[str, dict]:
         try:
             interp = tf.lite.Interpreter(model_path=p)
             interp.allocate_tensors()
-            out[p] = {"ok": True, "version": tf.__version__}
+            out[p] = {"ok": True, "version": tf.__version__, "gpu_delegate": gpu_compatibility(tf, p)}
         except Exception as exc:
             out[p] = {"ok": False, "version": tf.__version__,
                       "error": " ".join(str(exc).split())[:300] or type(exc).__name__}

@@ -167,12 +167,51 @@ SMALL_CLS = {
     "teacher": {"backbone": "mlp", "hidden": [256, 256], "srl": {"enabled": True},
                 "train": {"epochs": 25, "patience": 5, "lr": 0.002}},
     "student": {"backbone": "mlp", "hidden": [16]},
-    "distill": {"method": "ka_gambler", "baselines": ["kd", "significance"],
+    "distill": {"method": "ka_gambler", "baselines": ["kd", "significance", "ds"], "ds": {"score": "influence"},
                 "train": {"epochs": 30, "patience": 8}},
     "export": {"formats": ["onnx_fp32", "onnx_int8", "tflite_fp32"],
                "android": {"formats": ["onnx_fp32", "tflite_fp32"]}},
     "bench": {"targets": ["host"], "warmup": 2, "runs": 10},
 }
+
+
+def test_influence_score_is_the_damped_newton_influence_of_switching_label_to_teacher():
+    """ds.score=influence by hand: autograd's Hessian of the mean training cross-entropy of the
+    teacher's last layer W, autograd's validation gradient, and the change of a sample's gradient when
+    its label is replaced by the teacher's distribution; rows the teacher gets wrong score lowest."""
+    from pipeline.methods.label_revision import influence_scores
+
+    rng = np.random.default_rng(0)
+    n, d, m = 120, 3, 4
+    w0 = torch.as_tensor(rng.normal(size=(m, d + 1)) * 2)
+    feats = lambda a: torch.as_tensor(np.hstack([a, np.ones((len(a), 1))]))  # noqa: E731
+    h, hv = feats(rng.normal(size=(n, d))), feats(rng.normal(size=(60, d)))
+    logits, val_logits = (h @ w0.T).numpy(), (hv @ w0.T).numpy()
+    y, yv = logits.argmax(1), val_logits.argmax(1)  # the labels are right
+
+    def confuse(z, labels, rows):  # the teacher's one kind of mistake, on train and val rows alike
+        z[rows] = np.roll(z[rows], 1, axis=1) + 3 * np.eye(m)[(labels[rows] + 2) % m]
+
+    wrong = rng.choice(n, 15, replace=False)
+    confuse(logits, y, wrong)
+    confuse(val_logits, yv, rng.choice(60, 8, replace=False))
+    scores, kind = influence_scores(h[:, :-1].numpy(), logits, y, hv[:, :-1].numpy(), val_logits, yv, damping=0.01)
+    assert kind == "gauss-newton"
+
+    # the teacher's logits as a linear layer W at W0 (an offset where the teacher is not W0's output)
+    def ce(w, x, z, labels):
+        return F.cross_entropy(x @ w.T + (torch.as_tensor(z) - x @ w0.T), torch.as_tensor(labels))
+
+    hess = torch.autograd.functional.hessian(lambda w: ce(w, h, logits, y), w0).reshape(m * (d + 1), -1)
+    hess += 0.01 * hess.diagonal().mean() * torch.eye(len(hess), dtype=torch.float64)
+    g_val = torch.autograd.functional.jacobian(lambda w: ce(w, hv, val_logits, yv), w0).reshape(-1)
+    p = torch.softmax(torch.as_tensor(logits), 1)
+    delta = (F.one_hot(torch.as_tensor(y), m) - p)[:, :, None] * h[:, None, :]  # (e_y - p_t) h^T per row
+    assert np.allclose(scores, (delta.reshape(n, -1) @ torch.linalg.solve(hess, g_val)).numpy(), rtol=1e-6,
+                       atol=1e-9)
+    # distilling the rows the teacher gets wrong is predicted to hurt the most
+    assert len(set(np.argsort(scores)[:15].tolist()) & set(wrong.tolist())) >= 12
+    assert scores[wrong].mean() < 5 * np.delete(scores, wrong).mean() < 0
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +231,12 @@ def test_classification_run_end_to_end(cls_run):
     # SRL: the teacher back-propagated through fewer samples as it learned
     shares = teacher["srl"]["share_per_epoch"]
     assert shares[-1] < shares[0]
-    assert set(distill) == {"ka_gambler", "kd", "significance"}
+    assert set(distill) == {"ka_gambler", "kd", "significance", "ds"}
+    # ds by influence: the teacher stage saved its penultimate features, the Hessian was solved exactly
+    with np.load(run / "teacher_preds.npz") as z:
+        assert z["features_train"].shape == (len(z["train"]), 256) and z["features_val"].shape[1] == 256
+    assert distill["ds"]["ds_score"] == "influence" and distill["ds"]["influence_hessian"] == "gauss-newton"
+    assert distill["ds"]["selected_share"] == pytest.approx(0.6, abs=0.01)
     for name, m in distill.items():
         assert m["test_label_head"]["accuracy"] > 0.5, name
     assert "risk_abstain" in distill["ka_gambler"]["test_label_head"]

@@ -173,3 +173,29 @@ def test_ka_gambler_reads_its_alpha_from_its_own_section():
     assert loss_and_alpha("distill.ka.alpha=0.1") == default  # ka's is ka's
     changed = loss_and_alpha("distill.ka.gambler_alpha=0.1")
     assert changed[1] == 0.1 and changed[0] != default[0]
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber"])
+def test_robust_scratch_bounds_the_pull_of_a_gross_outlier_label(loss):
+    """scratch with distill.scratch.loss = l1 / huber: an outlier's gradient is bounded (|d loss / d out|
+    <= 1 for l1, <= delta for Huber), while MSE's grows with the error; inliers within delta see MSE/2."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(64, 1)).astype(np.float32)
+    ts = TrainingSet(y=y, teacher=y.copy())
+    robust = build_method("scratch", load_config(None, [f"distill.scratch.loss={loss}"]).distill, train_set=ts)
+    mse = build_method("scratch", load_config(None, []).distill, train_set=ts)
+    target = torch.tensor([[0.1], [100.0]])
+    grads = {}
+    for name, m in (("robust", robust), ("mse", mse)):
+        out = torch.zeros(2, 1, requires_grad=True)
+        m.loss(out, out, target, target).backward()
+        grads[name] = out.grad.abs().reshape(-1) * 2  # per-sample gradient (the loss is a mean over 2)
+    assert grads["mse"][1] == pytest.approx(200.0)
+    if loss == "l1":
+        assert grads["robust"].tolist() == pytest.approx([1.0, 1.0])
+    else:
+        delta = robust.describe()["huber_delta"][0]
+        mad = 1.4826 * np.median(np.abs(y - np.median(y)))
+        assert delta == pytest.approx(1.345 * mad, rel=1e-5) and 0.1 < delta < 100
+        assert grads["robust"].tolist() == pytest.approx([0.1, delta], rel=1e-5)
+    assert robust.describe()["loss"] == loss

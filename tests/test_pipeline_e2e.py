@@ -48,6 +48,8 @@ def test_every_export_was_checked_against_pytorch(e2e_run):
             assert r["onnx_checker"] == "ok", r
         if r["file"].endswith(".tflite"):  # TensorFlow's own interpreter loads it too, not only LiteRT
             assert r["tensorflow_interpreter"] == "ok", r
+            # TensorFlow's static GPU-delegate check: an MLP of FULLY_CONNECTED / RELU (+ quantize ops) passes
+            assert r["gpu_delegate"].startswith("compatible (static check, TensorFlow 2."), r
         if fmt.endswith("fp32"):
             assert r["max_abs_diff_vs_torch"] <= 1e-4
     # int8 error is measured and reported, and is not zero (it really is quantized)
@@ -304,3 +306,22 @@ def test_flagged_labels_that_are_real_outliers_are_counted_from_the_run_files(e2
     assert rec["flagged_real"] == int((flagged & real).sum())
     precision = rec["flagged_real"] / rec["flagged"]
     assert precision > 2 * real.mean(), (precision, real.mean())  # far better than flagging at random
+
+
+def test_a_student_whose_best_epoch_is_its_first_is_flagged(e2e_run, small_config_file, tmp_path):
+    """A student that stops learning at once (here: a learning rate too small to move it) keeps its
+    first epoch: distill.json names it in the method's warnings; a normal student has none."""
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.stages.distill import fit_method
+
+    out, _ = e2e_run
+    for name in ("data.npz", "teacher_preds.npz"):
+        shutil.copy(out / name, tmp_path / name)
+    cfg = load_config(small_config_file, ["distill.train.lr=1e-12", "distill.train.epochs=12",
+                                          "distill.train.patience=10"])
+    stalled = fit_method(cfg, tmp_path, "scratch")
+    assert stalled["history"]["best_epoch"] == 0 and stalled["history"]["epochs_run"] == 11
+    assert len(stalled["warnings"]) == 1 and "best validation epoch is 1 of 11" in stalled["warnings"][0]
+    assert json.loads((out / "distill.json").read_text())["methods"]["tor_mt"]["warnings"] == []

@@ -58,6 +58,10 @@ def test_every_format_checked_with_batch_norm_folded_and_relu6_rewrite(pose_run)
     # hard-swish as ReLU6 arithmetic: the float TFLite files are one XNNPACK partition
     for name in ("tflite_fp32", "tflite_fp16"):
         assert rows[name]["xnnpack"]["fully_delegated"], rows[name]["xnnpack"]
+    # every TFLite file has TensorFlow's static GPU-delegate verdict; the float MobileNet passes it
+    assert all(r["gpu_delegate"].split(":")[0].split(" (")[0] in ("compatible", "not compatible")
+               for r in rows.values() if r["file"].endswith(".tflite")), rows
+    assert rows["tflite_fp32"]["gpu_delegate"].startswith("compatible"), rows["tflite_fp32"]["gpu_delegate"]
 
 
 def test_benched_on_emulated_arm_with_arm_verdicts(pose_run):

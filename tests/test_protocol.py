@@ -66,6 +66,21 @@ def test_select_uses_only_selection_seeds_and_the_lowest_mean():
     assert set(seen) == set(protocol.SELECTION_SEEDS)
 
 
+def test_an_incumbent_stays_unless_the_challenger_wins_on_every_unit_clearly():
+    """Rule 3: the lowest mean replaces the shipped default only when its paired difference over the
+    selection units has a 95 % interval below 0."""
+    units = [(seed, p) for seed in protocol.SELECTION_SEEDS for p in (0.1, 0.2, 0.4)]
+    noise = {u: 0.01 * ((i * 7) % 5 - 2) for i, u in enumerate(units)}  # unit-to-unit spread, shared
+    slight = lambda s, u: {"old": 1.0, "new": 0.999 + 3 * noise[u] * (u[1] - 0.2)}[s] + noise[u]  # noqa: E731
+    clear = lambda s, u: {"old": 1.0, "new": 0.9}[s] + noise[u] + (0.002 * (u[0] % 3) if s == "new" else 0)  # noqa: E731
+    assert protocol.select(["old", "new"], slight, units)[0] == "new"  # no incumbent: the minimum
+    assert protocol.select(["old", "new"], slight, units, incumbent="old")[0] == "old"
+    assert protocol.challenge(slight, "new", "old", units).verdict == "no difference shown"
+    assert protocol.select(["old", "new"], clear, units, incumbent="old")[0] == "new"
+    with pytest.raises(ValueError, match="incumbent"):
+        protocol.select(["old", "new"], clear, units, incumbent="gone")
+
+
 def test_validation_score_is_robust_to_outlier_rows_and_rejects_nan():
     y = np.zeros(100)
     y[:10] = 50.0  # outlier labels in validation

@@ -10,7 +10,8 @@ import torch
 from pipeline.config import load_config
 from pipeline.data import make_dataset
 from pipeline.stages.common import label_scale, scaled
-from pipeline.stages.teacher import HUBER_K, teacher_loss, teacher_warnings, train_teacher
+from pipeline.methods.losses import HUBER_K
+from pipeline.stages.teacher import teacher_loss, teacher_warnings, train_teacher
 from pipeline.train import History
 
 SMALL = ["data.n_train=300", "data.n_val=100", "data.n_test=100", "teacher.hidden=[32,32]",

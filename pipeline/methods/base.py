@@ -157,6 +157,11 @@ class TrainingSet:
     teacher: np.ndarray  # teacher outputs on the training set: (n, k) predictions or (n, m) logits
     task: str = "regression"
     significance: np.ndarray | None = None  # (n,) normalised SRL significance from teacher training
+    # the teacher's penultimate features (classification with a PyTorch teacher, for ds.score=influence):
+    features: np.ndarray | None = None  # (n, d) on the training rows
+    val_features: np.ndarray | None = None  # (n_val, d) on the validation rows
+    val_y: np.ndarray | None = None  # validation labels as given (n_val,)
+    val_teacher: np.ndarray | None = None  # teacher logits on the validation rows (n_val, m)
 
 
 class Method:

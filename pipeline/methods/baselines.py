@@ -9,11 +9,15 @@ constants (detached) wherever they enter a loss.
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.methods.base import BOTH, Method, as_labels, check_labels, register
+from pipeline.methods.losses import LOSSES, regression_loss
 from pipeline.options import Strict
 
 
@@ -23,6 +27,15 @@ class KDConfig(Strict):
         description="kd: alpha*MSE(s, y) + (1-alpha)*MSE(s, y_teacher); classification: alpha*CE + (1-alpha)*T^2*KL",
     )
     temperature: float = Field(4.0, gt=0, description="classification: softmax temperature T of Hinton KD")
+
+
+class ScratchConfig(Strict):
+    loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
+        "mse", description="scratch (regression): the label loss, mse, or a robust l1 / huber (a baseline for TOR)"
+    )
+    huber_delta: float | None = Field(
+        None, gt=0, description="scratch with loss=huber: delta in standardised label units (default 1.345 x MAD scale)"
+    )
 
 
 # --------------------------------------------------------------------------- loss terms
@@ -80,15 +93,29 @@ class KDMethod(Method):
 
 @register("scratch")
 class Scratch(Method):
-    """The student on the (noisy) labels alone: MSE (regression) or cross-entropy on the label head."""
+    """The student on the (noisy) labels alone: cross-entropy (classification) or, on the label head,
+    ``distill.scratch.loss``: MSE by default, or a robust l1 / Huber loss."""
 
     uses_teacher = False
     tasks = BOTH
+    options = {"scratch": ScratchConfig}
+    scratch: ScratchConfig
+
+    def __init__(self, opts, teacher_residuals=None, **kw):
+        super().__init__(opts, teacher_residuals, **kw)
+        y = self.train_set.y if self.train_set is not None else np.zeros((1, 1))
+        self.reg_loss, self.huber_delta = regression_loss(self.scratch.loss, y, self.scratch.huber_delta)
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):
         if self.task == "classification":
             return F.cross_entropy(label_out, as_labels(y))
-        return F.mse_loss(label_out, y)
+        return self.reg_loss(label_out, y).mean()
+
+    def describe(self):
+        extra = {"loss": self.scratch.loss} if self.task == "regression" else {}
+        if self.huber_delta is not None and self.task == "regression":
+            extra["huber_delta"] = self.huber_delta
+        return {**super().describe(), **extra}
 
 
 @register("kd")

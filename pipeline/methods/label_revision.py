@@ -10,6 +10,7 @@ reliable and trains the rest on the labels alone. The regression analogue of lab
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +35,14 @@ class LRConfig(Strict):
 class DSConfig(Strict):
     fraction: float = Field(
         0.6, gt=0, le=1, description="ds: fraction of training samples distilled (most reliable teacher); the rest: labels only"
+    )
+    score: Literal["teacher_logp", "influence"] = Field(
+        "teacher_logp",
+        description="ds ranking (classification): the teacher's log p(label), or the influence of distilling a "
+        "sample on the validation loss through the teacher's last layer (needs a PyTorch teacher)",
+    )
+    damping: float = Field(
+        0.01, gt=0, description="ds.score=influence: Hessian damping, as a share of its mean diagonal"
     )
 
 
@@ -75,6 +84,56 @@ def teacher_reliability(p_teacher: torch.Tensor, labels: torch.Tensor) -> torch.
     """
     check_labels(p_teacher, labels)
     return true_class(p_teacher.detach(), labels).clamp_min(_TINY).log()
+
+
+INFLUENCE_MAX_DIM = 6000  # above this many last-layer parameters the Hessian is taken as the identity
+
+
+def influence_scores(features: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
+                     val_features: np.ndarray, val_logits: np.ndarray, val_labels: np.ndarray,
+                     damping: float = 0.01) -> tuple[np.ndarray, str]:
+    """Data selection by influence (Lan et al. score samples by their influence; this is the documented
+    approximation): the influence, through the teacher's last layer, of distilling a training sample
+    instead of fitting its label, on the cross-entropy of the validation split. Returns (scores, the
+    Hessian used); a higher score means distilling the sample is predicted to lower the validation loss.
+
+    The last layer is W (m x (d+1), bias as a constant feature) on the teacher's penultimate features
+    h; at the teacher's own W the distillation target softmax(W h) = p_t gives zero gradient, the label
+    gives (p_t - e_y) h^T, so switching sample z from its label to the teacher changes its gradient by
+    (e_y - p_t) h^T. The first-order influence of that change on the validation loss L_v (Koh & Liang,
+    2017) is  -grad L_v^T H^-1 vec((e_y - p_t) h^T); the score is its negative,
+
+        score_z = vec((e_y - p_t)_z h_z^T) . H^-1 grad L_v,   grad L_v = mean_v (p_v - e_yv) h_v^T,
+
+    with H the Gauss-Newton Hessian of the mean training cross-entropy, (1/n) sum (diag p - p p^T) (x) h h^T,
+    plus ``damping`` x its mean diagonal (it is singular along the softmax's shift direction); above
+    INFLUENCE_MAX_DIM last-layer parameters H is taken as the identity (a TracIn-style dot product).
+    A sample the teacher gets right and confidently scores ~0; one it gets wrong scores by whether
+    its label's pull agrees with the validation gradient (negative: keep the label)."""
+    def grads(h, logits, y):
+        z = np.asarray(logits, dtype=np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        onehot = np.eye(p.shape[1])[np.asarray(y).reshape(-1).astype(np.int64)]
+        return np.hstack([np.asarray(h, dtype=np.float64), np.ones((len(h), 1))]), p, onehot
+
+    h, p, e = grads(features, teacher_logits, labels)
+    hv, pv, ev = grads(val_features, val_logits, val_labels)
+    m, d = p.shape[1], h.shape[1]
+    g_val = ((pv - ev).T @ hv / len(hv)).reshape(-1)  # (m * d,), row-major over (class, feature)
+    if m * d <= INFLUENCE_MAX_DIM:
+        hess = np.empty((m, d, m, d))
+        for i in range(m):
+            for j in range(i, m):
+                a = (p[:, i] * ((i == j) - p[:, j]))[:, None]
+                hess[i, :, j, :] = (h * a).T @ h / len(h)
+                hess[j, :, i, :] = hess[i, :, j, :].T
+        hess = hess.reshape(m * d, m * d)
+        hess[np.diag_indices_from(hess)] += damping * float(np.mean(np.diag(hess)))
+        v, kind = np.linalg.solve(hess, g_val), "gauss-newton"
+    else:
+        v, kind = g_val, "identity"
+    return np.einsum("nm,md,nd->n", e - p, v.reshape(m, d), h), kind
 
 
 def select_for_distillation(scores: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -147,7 +206,8 @@ class ReviseSelectKD(KDMethod):
     """The base of lr, ds and lr_ds: KD whose label term may be revised (``revise``, reads ``distill.lr``)
     on the distilled samples, which may be a fixed subset chosen once before training (``select``, reads
     ``distill.ds``): the samples whose teacher is most reliable. Classification ranks by the teacher's
-    log p(y) (a stand-in for the paper's influence score, see ``teacher_reliability``); regression by
+    log p(y) (``teacher_reliability``, the default) or by ``influence_scores`` (ds.score=influence, the
+    paper's idea through the teacher's last layer); regression by
     the smallest teacher residual |y - y_teacher|. Without selection every sample is distilled."""
 
     tasks = BOTH
@@ -159,7 +219,16 @@ class ReviseSelectKD(KDMethod):
         if ts is None:
             raise ValueError(f"method {self.name!r} needs the training set's teacher outputs")
         n = len(ts.y)
-        if self.task == "classification":
+        self.hessian = None
+        if self.task == "classification" and self.select and self.ds.score == "influence":
+            if ts.features is None or ts.val_features is None:
+                raise ValueError(f"method {self.name!r} with distill.ds.score=influence needs the teacher's "
+                                 "penultimate features (a PyTorch teacher; an ONNX teacher has none): use "
+                                 "distill.ds.score=teacher_logp")
+            inf, self.hessian = influence_scores(ts.features, ts.teacher, ts.y, ts.val_features, ts.val_teacher,
+                                                 ts.val_y, self.ds.damping)
+            scores = torch.as_tensor(inf)
+        elif self.task == "classification":
             p = torch.softmax(torch.as_tensor(ts.teacher, dtype=torch.float32), dim=1)
             scores = teacher_reliability(p, torch.as_tensor(ts.y).long())
         else:
@@ -176,6 +245,8 @@ class ReviseSelectKD(KDMethod):
     def describe(self):
         return {**super().describe(), "selected_share": float(self.selected.float().mean()),
                 **({"ds_fraction": self.ds.fraction} if self.select else {}),
+                **({"ds_score": self.ds.score} if self.select and self.task == "classification" else {}),
+                **({"influence_hessian": self.hessian} if self.hessian else {}),
                 **({"lr_eta": self.lr.eta} if self.revise else {})}
 
     def loss(self, label_out, teacher_out, y, y_teacher, idx=None):

@@ -12,6 +12,16 @@ from pipeline.methods import METHODS
 from pipeline.metrics import task_metrics
 
 
+EARLY_BEST_SHARE = 0.05  # a best epoch within the first 5 % of the epochs run (at least the first 2) is suspect
+
+
+def early_best(hist) -> int | None:
+    """The early-epoch limit when a run of at least 10 epochs had its best validation epoch within
+    its first EARLY_BEST_SHARE of the epochs run (at least the first 2): it may have learned little."""
+    early = max(2, int(EARLY_BEST_SHARE * hist.epochs_run))
+    return early if hist.epochs_run >= 10 and hist.best_epoch + 1 <= early else None
+
+
 DIVERGED = "training diverged or the inputs are extreme; lower the learning rate or check the data"
 
 

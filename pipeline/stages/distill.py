@@ -8,6 +8,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,15 +22,17 @@ from pipeline.methods import TrainingSet, build_method
 from pipeline.metrics import require_finite
 from pipeline.preflight import check_model_sizes
 from pipeline.runner import Context
-from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
+from pipeline.stages.common import DIVERGED, dims, early_best, fold_scale, label_scale, metrics_of, scaled
 from pipeline.train import fit, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: str,
-                  significance: np.ndarray | None = None):
+                  significance: np.ndarray | None = None, features: dict[str, np.ndarray] | None = None):
     """Train one two-head student with method ``name``; returns (model, history, method).
+    ``features``: the teacher's penultimate features on the train and val splits (classification with
+    a PyTorch teacher), for the methods that read them (ds.score=influence).
 
     Every method starts from the same initial weights and sees the same batches."""
     d_in, d_out = dims(splits)
@@ -37,7 +40,10 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
     y = {s: scaled(splits.y[s], scale) for s in ("train", "val")}
     yt = {s: scaled(yt[s], scale) for s in ("train", "val")}
     residuals = y["train"] - yt["train"] if splits.task == "regression" else None
-    train_set = TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance)
+    feats = features or {}
+    train_set = TrainingSet(y=y["train"], teacher=yt["train"], task=splits.task, significance=significance,
+                            features=feats.get("train"), val_features=feats.get("val"), val_y=y["val"],
+                            val_teacher=yt["val"])
     method = build_method(name, cfg.distill, residuals, train_set)
     seed_everything(cfg.seed + 100)
     student = build_student(cfg, d_in, d_out, d_out + method.n_extra(d_out))
@@ -82,25 +88,41 @@ def train_student(cfg: Config, splits: Splits, yt: dict[str, np.ndarray], name: 
     return student, hist, method
 
 
-def load_inputs(run_dir: Path) -> tuple[Splits, dict[str, np.ndarray], np.ndarray | None]:
-    """(splits, teacher predictions per split, SRL significance or None) of a run directory."""
+class DistillInputs(NamedTuple):
+    """What every student of a run is trained from (``load_inputs``)."""
+
+    splits: Splits
+    teacher: dict[str, np.ndarray]  # teacher outputs per split
+    significance: np.ndarray | None  # SRL significance of the training rows
+    features: dict[str, np.ndarray] | None  # teacher penultimate features on train / val (classification)
+
+
+def load_inputs(run_dir: Path) -> DistillInputs:
+    """The distillation inputs of a run directory (written by the data and teacher stages)."""
     splits = Splits.load(run_dir / "data.npz")
     with np.load(run_dir / "teacher_preds.npz") as z:
         yt = {s: z[s] for s in ("train", "val", "test")}
         significance = z["significance_train"] if "significance_train" in z.files else None
-    return splits, yt, significance
+        features = ({s: z[f"features_{s}"] for s in ("train", "val")} if "features_train" in z.files else None)
+    return DistillInputs(splits, yt, significance, features)
 
 
 def fit_method(cfg: Config, run_dir: Path, name: str, inputs: tuple | None = None) -> dict:
     """Train method ``name``'s student, check its outputs, save it; returns its ``distill.json`` entry.
     ``inputs``: ``load_inputs(run_dir)`` when the caller has it already."""
-    splits, yt, significance = inputs or load_inputs(run_dir)
+    splits, yt, significance, features = inputs or load_inputs(run_dir)
     d_in, d_out = dims(splits)
-    student, hist, method = train_student(cfg, splits, yt, name, significance)
+    student, hist, method = train_student(cfg, splits, yt, name, significance, features)
     label_pred, teacher_pred = predict(student, splits.x["test"])
     for head, v in (("label", label_pred), ("teacher", teacher_pred)):
         require_finite(v, f"distill: student[{name}] {head}-head outputs on the test split",
                        DIVERGED + " (distill.train.lr)")
+    warnings = []
+    if early_best(hist):
+        warnings.append(f"warning: distill: student[{name}]'s best validation epoch is {hist.best_epoch + 1} of "
+                        f"{hist.epochs_run} run: it may have stalled before learning (its early stop kept an "
+                        "almost untrained model); try a lower distill.train.lr or a larger distill.train.patience")
+        log.warning("%s", warnings[-1])
     rel = "student_mt.pt" if name == cfg.distill.method else f"baselines/{name}.pt"
     save_model(run_dir / rel, student, "student", d_in, d_out, d_out + method.n_extra(d_out))
     return {
@@ -113,6 +135,7 @@ def fit_method(cfg: Config, run_dir: Path, name: str, inputs: tuple | None = Non
         "test_teacher_head": metrics_of(cfg, splits, teacher_pred, abstain=False)
         if splits.task == "regression" else None,
         "trains_teacher_head": method.trains_teacher_head,
+        "warnings": warnings,
         "file": rel,
         **outlier_rejection(method, splits),
     }
@@ -172,7 +195,7 @@ def stage_distill(ctx: Context) -> list[str]:
     else:
         for name in (deployed, *baselines):
             results[name] = fit_method(cfg, ctx.run_dir, name, inputs)
-    d_in, d_out = dims(inputs[0])
+    d_in, d_out = dims(inputs.splits)
     sizes = check_model_sizes(cfg, d_out, d_in)
     atomic_write_json(ctx.path("distill.json"), {"methods": {k: results[k] for k in (deployed, *baselines)},
                                                  **sizes})

@@ -16,47 +16,27 @@ from pipeline.config import Config
 from pipeline.data import Splits
 from pipeline.given_teacher import given_teacher_predictions, load_given_checkpoint, onnx_param_count
 from pipeline.io import atomic_write, atomic_write_json, sha256_file
-from pipeline.methods.base import MAD_TO_SIGMA
+from pipeline.methods.losses import regression_loss
 from pipeline.methods.self_regulation import SignificanceCounter, self_regulated_mask
 from pipeline.metrics import require_finite
 from pipeline.runner import Context
-from pipeline.stages.common import DIVERGED, dims, fold_scale, label_scale, metrics_of, scaled
+from pipeline.stages.common import DIVERGED, dims, early_best, fold_scale, label_scale, metrics_of, scaled
 from pipeline.train import fit, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
-HUBER_K = 1.345  # Huber's tuning constant: 95 % efficiency on Gaussian residuals of scale sigma
-EARLY_BEST_SHARE = 0.05  # a best epoch within the first 5 % of the epochs run (at least the first 2) is suspect
-
-
 def teacher_loss(cfg: Config, y_train: np.ndarray):
     """The regression loss per sample and output: mse, l1, or huber with ``delta`` per output (given, or
     HUBER_K x the MAD scale of the standardised training labels). Returns (fn, delta or None)."""
-    if cfg.teacher.loss == "mse":
-        return (lambda out, y: torch.nn.functional.mse_loss(out, y, reduction="none")), None
-    if cfg.teacher.loss == "l1":
-        return (lambda out, y: torch.nn.functional.l1_loss(out, y, reduction="none")), None
-    y = np.asarray(y_train, dtype=np.float64).reshape(len(y_train), -1)
-    if cfg.teacher.huber_delta is not None:
-        delta = np.full(y.shape[1], cfg.teacher.huber_delta)
-    else:
-        delta = HUBER_K * MAD_TO_SIGMA * np.median(np.abs(y - np.median(y, axis=0)), axis=0)
-        delta = np.where(delta > 0, delta, 1.0)
-    d = torch.as_tensor(delta, dtype=torch.float32)
-
-    def huber(out, y):
-        a = (out - y).abs()
-        return torch.where(a <= d, 0.5 * a ** 2, d * (a - 0.5 * d))
-
-    return huber, [float(v) for v in delta]
+    return regression_loss(cfg.teacher.loss, y_train, cfg.teacher.huber_delta)
 
 
 def teacher_warnings(hist, val_loss_fn, y_train: np.ndarray, y_val: np.ndarray, loss: str) -> list[str]:
     """Why the teacher may have learned little: its best epoch came very early, or its validation loss
     is no better than the median of the training labels predicted for every sample."""
     out = []
-    early = max(2, int(EARLY_BEST_SHARE * hist.epochs_run))
-    if hist.epochs_run >= 10 and hist.best_epoch + 1 <= early:
+    early = early_best(hist)
+    if early:
         out.append(f"warning: teacher: the best validation epoch is {hist.best_epoch + 1} of {hist.epochs_run} run "
                    f"(within the first {early}); with outlier labels the {loss} validation loss may reward an "
                    "early, underfitted model: try teacher.loss=l1 or huber")
@@ -137,6 +117,27 @@ def train_teacher(cfg: Config, splits: Splits):
     return teacher, hist, preds, record
 
 
+@torch.no_grad()
+def penultimate_features(model: torch.nn.Module, splits: Splits) -> dict[str, np.ndarray] | None:
+    """The inputs of the teacher's last layer (its backbone's outputs) on the train and val splits, for
+    influence-based data selection; None for a model without a backbone and linear head."""
+    if splits.task != "classification" or not isinstance(getattr(model, "head", None), torch.nn.Linear) \
+            or not hasattr(model, "backbone"):
+        return None
+    was = model.training
+    model.eval()
+    out = {s: np.concatenate([model.backbone(torch.as_tensor(np.ascontiguousarray(splits.x[s][i:i + 1024])))
+                              .numpy() for i in range(0, len(splits.x[s]), 1024)]).astype(np.float32)
+           for s in ("train", "val")}
+    model.train(was)
+    return out
+
+
+def _features_npz(model, splits) -> dict[str, np.ndarray]:
+    feats = penultimate_features(model, splits)
+    return {f"features_{s}": v for s, v in feats.items()} if feats else {}
+
+
 def stage_teacher(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     splits = Splits.load(ctx.path("data.npz"))
@@ -148,7 +149,8 @@ def stage_teacher(ctx: Context) -> list[str]:
     d_in, d_out = dims(splits)
     save_model(ctx.path("teacher.pt"), teacher, "teacher", d_in, d_out)
     atomic_write(ctx.path("teacher_preds.npz"),
-                 lambda f: np.savez(f, **preds, significance_train=srl["significance"]))
+                 lambda f: np.savez(f, **preds, significance_train=srl["significance"],
+                                    **_features_npz(teacher, splits)))
     shares = srl["share_per_epoch"]
     atomic_write_json(
         ctx.path("teacher.json"),
@@ -190,7 +192,8 @@ def _given_teacher(ctx: Context, splits: Splits) -> list[str]:
         rel, params = "teacher.pt", count_parameters(model)
         save_model(ctx.path(rel), model, "teacher", d_in, d_out)
         origin = f"PyTorch checkpoint {src}"
-    atomic_write(ctx.path("teacher_preds.npz"), lambda f: np.savez(f, **preds))
+    feats = {} if cfg.teacher.onnx else _features_npz(model, splits)
+    atomic_write(ctx.path("teacher_preds.npz"), lambda f: np.savez(f, **preds, **feats))
     atomic_write_json(ctx.path("teacher.json"), {
         "params": params, "hidden": None if cfg.teacher.onnx else cfg.teacher.hidden, "loss": None,
         "history": None, "test": metrics_of(cfg, splits, preds["test"], abstain=False),
