@@ -269,3 +269,15 @@ def test_exported_gambler_keeps_m_plus_1_outputs_and_matches_pytorch(cls_run):
     assert row["accuracy"] == pytest.approx(exp["onnx_fp32"]["accuracy"]) and "risk_abstain" in row
     report = (run / "report.md").read_text()
     assert "Selective risk" in report and "abstain output (gambler)" in report
+
+
+def test_influence_selection_with_an_onnx_teacher_is_one_config_line(tmp_path):
+    """An ONNX teacher gives outputs, not penultimate features: asking for influence-based selection
+    with one is refused when the config loads, naming the key and what to use instead."""
+    from tests.conftest import tiny_onnx_model
+
+    path, _, _ = tiny_onnx_model(tmp_path)
+    sets = ["data.name=digits", "distill.method=kd", "distill.baselines=[lr_ds]", f"teacher.onnx={path}"]
+    with pytest.raises(UserError, match=r"distill.ds.score: 'influence' needs .* teacher.onnx .* 'teacher_logp'"):
+        load_config(None, [*sets, "distill.ds.score=influence"])
+    assert load_config(None, sets).distill.ds.score == "teacher_logp"

@@ -38,6 +38,11 @@ class Config(Strict):
                 ok = sorted(n for n, m in METHODS.items() if task in m.tasks)
                 raise ValueError(f"{key}: method {name!r} does not work on {task} data ({self.data.name}); "
                                  f"allowed for {task}: {', '.join(ok)}")
+        selecting = {"ds", "lr_ds"} & {self.distill.method, *self.distill.baselines}
+        if selecting and self.distill.ds.score == "influence" and self.teacher.onnx:
+            raise ValueError("distill.ds.score: 'influence' needs the teacher's penultimate features, which a "
+                             "teacher.onnx file does not give; use 'teacher_logp', or a PyTorch teacher "
+                             "(teacher.checkpoint or a trained one)")
         if task == "classification" and self.student.keep_head != "label":
             raise ValueError("student.keep_head: classification students deploy the label head; use 'label'")
         return self

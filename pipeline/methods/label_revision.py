@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from pipeline.errors import UserError
 from pipeline.methods.base import (BOTH, as_labels, check_labels, norms, register, residual_norm, robust_scale,
                                    true_class)
 from pipeline.methods.baselines import KDMethod, hinton_per_sample
@@ -222,9 +223,9 @@ class ReviseSelectKD(KDMethod):
         self.hessian = None
         if self.task == "classification" and self.select and self.ds.score == "influence":
             if ts.features is None or ts.val_features is None:
-                raise ValueError(f"method {self.name!r} with distill.ds.score=influence needs the teacher's "
-                                 "penultimate features (a PyTorch teacher; an ONNX teacher has none): use "
-                                 "distill.ds.score=teacher_logp")
+                raise UserError(f"method {self.name!r} with distill.ds.score=influence needs the teacher's "
+                                "penultimate features, and teacher_preds.npz has none (a teacher stage of an "
+                                "older pocketkd): re-run it with --from teacher, or use distill.ds.score=teacher_logp")
             inf, self.hessian = influence_scores(ts.features, ts.teacher, ts.y, ts.val_features, ts.val_teacher,
                                                  ts.val_y, self.ds.damping)
             scores = torch.as_tensor(inf)
