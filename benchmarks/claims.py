@@ -53,9 +53,9 @@ def tor_rows() -> list[str]:
                              f"toy, {p:.0%} gross outliers", paired(errs("tor_mt (selected)", p), errs("scratch", p)),
                              "RMSE", "python benchmarks/tor_defaults.py"))
         for p in (0.1, 0.2, 0.4):
-            rows.append(_row("Multi-task: the teacher head helps the label head (tor_mt − tor)", f"toy, {p:.0%} gross "
-                             "outliers", paired(errs("tor_mt (selected)", p), errs("tor", p)), "RMSE",
-                             "python benchmarks/tor_defaults.py"))
+            rows.append(_row("Multi-task: the teacher head helps the label head (tor_mt − tor)",
+                             f"toy, {p:.0%} gross outliers", paired(errs("tor_mt (selected)", p), errs("tor", p)),
+                             "RMSE", "python benchmarks/tor_defaults.py"))
     for task in ("toy", "digits_rotation"):
         t = _load(f"tor_settings_{task}.json")
         if not t:
@@ -111,7 +111,8 @@ def classification_rows() -> list[str]:
     if any(r["setting"] == "fallible" for r in rep):
         label = "digits, clean labels, fallible teacher"
         rows += [acc_row("Label revision improves KD (lr − kd)", "fallible", label, "lr", "kd"),
-                 acc_row("Data selection improves KD (ds − kd), teacher log p(y) score", "fallible", label, "ds", "kd"),
+                 acc_row("Data selection improves KD (ds − kd), teacher log p(y) score", "fallible", label, "ds",
+                         "kd"),
                  acc_row("Data selection improves KD (ds − kd), influence score", "fallible", label, "ds (influence)",
                          "kd"),
                  acc_row("Label revision + data selection improve KD (lr_ds − kd)", "fallible", label, "lr_ds", "kd"),
@@ -120,12 +121,12 @@ def classification_rows() -> list[str]:
         label = "digits, clean labels, SRL teacher"
         rows += [acc_row("Significance picks the samples worth distilling (significance − same weights shuffled)",
                          "srl", label, "significance", "significance (shuffled)"),
-                 acc_row("Self-regulation picks the samples worth distilling (regulated − random share)", "srl", label,
-                         "regulated", "kd_random @ regulated"),
+                 acc_row("Self-regulation picks the samples worth distilling (regulated − random share)", "srl",
+                         label, "regulated", "kd_random @ regulated"),
                  acc_row("Hybrid picks the samples worth distilling (hybrid − random share)", "srl", label, "hybrid",
                          "kd_random @ hybrid"),
-                 acc_row("An SRL teacher distils better (kd from SRL teacher − from plain teacher)", "srl", label, "kd",
-                         "kd, teacher without SRL")]
+                 acc_row("An SRL teacher distils better (kd from SRL teacher − from plain teacher)", "srl", label,
+                         "kd", "kd, teacher without SRL")]
     if any(r["setting"] == "abstain" for r in rep):
         rows.append(_row("The gambler's abstain output ranks errors last (AURC, abstain − softmax, same student)",
                          "digits, 40 % flipped labels", paired(err("abstain", "ka_gambler", "aurc_abstain"),
@@ -138,9 +139,10 @@ def main() -> int:
     lines = ["## Claims: each paper's idea in its own setting (issue 18)", "",
              "Regenerate: `python benchmarks/claims.py` (no training: it reads `benchmarks/results/`; each row's own "
              "command re-measures it). Effects are paired over the report seeds (the selection seeds never report): "
-             "mean [95 % t interval] in the named unit, the change relative to the baseline's error (rel.), and the seeds where the "
-             "claimed side won. For accuracy rows a positive effect means more accurate. *reproduced*: the interval "
-             "is on the claimed side of 0; *not shown*: it includes 0; *contradicted*: it is on the other side.", "",
+             "mean [95 % t interval] in the named unit, the change relative to the baseline's error (rel.), and "
+             "the seeds where the claimed side won. For accuracy rows a positive effect means more accurate. "
+             "*reproduced*: the interval is on the claimed side of 0; *not shown*: it includes 0; *contradicted*: "
+             "it is on the other side.", "",
              "| claim | setting | paired effect | verdict | command |", "|---|---|---|---|---|",
              *tor_rows(), *classification_rows()]
     body = "\n".join(lines)

@@ -174,7 +174,8 @@ def main() -> int:
     sel = run_jobs(_job, [(st, s, None) for st in settings for s in SELECTION_SEEDS], args.workers, "selection")
     chosen, duels = {}, {}
     for st in settings:
-        err = {(r["seed"], name): run["val_error"] for r in sel if r["setting"] == st for name, run in r["runs"].items()}
+        err = {(r["seed"], name): run["val_error"]
+               for r in sel if r["setting"] == st for name, run in r["runs"].items()}
         cell = lambda name, seed: err[(seed, name)]  # noqa: E731
         chosen[st], means = select(KD_GRID, cell, incumbent=INCUMBENT)
         lowest = min(means, key=means.get)
@@ -256,7 +257,8 @@ def render(out: dict) -> str:
         if st in ("abstain", "fallible"):
             lines += ["", "Area under the risk-coverage curve (lower is better), mean over the report seeds, "
                       "and paired differences (negative = the first ranks its errors last better):", "",
-                      "| ranking | AURC | paired difference vs ka_gambler softmax | vs kd softmax |", "|---|---|---|---|"]
+                      "| ranking | AURC | paired difference vs ka_gambler softmax | vs kd softmax |",
+                      "|---|---|---|---|"]
             g_abs = _series(rep, st, "ka_gambler", "aurc_abstain")
             g_soft = _series(rep, st, "ka_gambler", "aurc_softmax")
             kd_soft = _series(rep, st, "kd", "aurc_softmax")

@@ -72,7 +72,8 @@ def test_an_incumbent_stays_unless_the_challenger_wins_on_every_unit_clearly():
     units = [(seed, p) for seed in protocol.SELECTION_SEEDS for p in (0.1, 0.2, 0.4)]
     noise = {u: 0.01 * ((i * 7) % 5 - 2) for i, u in enumerate(units)}  # unit-to-unit spread, shared
     slight = lambda s, u: {"old": 1.0, "new": 0.999 + 3 * noise[u] * (u[1] - 0.2)}[s] + noise[u]  # noqa: E731
-    clear = lambda s, u: {"old": 1.0, "new": 0.9}[s] + noise[u] + (0.002 * (u[0] % 3) if s == "new" else 0)  # noqa: E731
+    clear = lambda s, u: (  # noqa: E731
+        {"old": 1.0, "new": 0.9}[s] + noise[u] + (0.002 * (u[0] % 3) if s == "new" else 0))
     assert protocol.select(["old", "new"], slight, units)[0] == "new"  # no incumbent: the minimum
     assert protocol.select(["old", "new"], slight, units, incumbent="old")[0] == "old"
     assert protocol.challenge(slight, "new", "old", units).verdict == "no difference shown"
