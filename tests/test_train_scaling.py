@@ -101,3 +101,27 @@ def test_fit_logs_progress_when_no_bar_is_shown(caplog, monkeypatch):
         fit(torch.nn.Linear(3, 1), _mse, (x, y), (x[:50], y[:50]),
             TrainConfig(epochs=3, batch_size=100, patience=100), seed=0, desc="student[test]")
     assert sum(m.startswith("student[test]: epoch ") for m in caplog.messages) == 3
+
+
+def test_patience_waits_until_batch_norm_statistics_have_settled():
+    """With batch norm at momentum 0.01 (torchvision's MobileNetV3) the eval-mode network is scored
+    with mostly initial running statistics for ~300 steps; patience does not stop training before.
+    A validation loss that never improves after the first epoch shows it: without batch norm patience
+    stops at epoch 1 + patience, with it only after the warm-up."""
+    assert train_module.batchnorm_warmup_steps(torch.nn.BatchNorm1d(4, momentum=0.01)) == 299
+    assert train_module.batchnorm_warmup_steps(torch.nn.BatchNorm1d(4)) == 29  # momentum 0.1
+    assert train_module.batchnorm_warmup_steps(torch.nn.BatchNorm1d(4, momentum=None)) == 0
+    assert train_module.batchnorm_warmup_steps(torch.nn.Linear(3, 1)) == 0
+    x, y = _data(640)
+    rng = np.random.default_rng(1)
+    xv, yv = x[:64], rng.standard_normal((64, 1)).astype(np.float32) * 100  # unlearnable: no improvement
+
+    def run(model):
+        return fit(model, _mse, (x, y), (xv, yv), TrainConfig(epochs=100, batch_size=64, patience=2), seed=0)
+
+    plain = run(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)))
+    slow_bn = run(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8, momentum=0.01),
+                                      torch.nn.ReLU(), torch.nn.Linear(8, 1)))
+    assert plain.stopped_by == slow_bn.stopped_by == "patience"
+    assert plain.patience_from_step == 0 and plain.epochs_run == plain.best_epoch + 3 < 30
+    assert slow_bn.patience_from_step == 299 and slow_bn.steps >= 299 and slow_bn.epochs_run >= 30
