@@ -185,8 +185,8 @@ def main() -> int:
     ap.add_argument("--no-runs", action="store_true", help="skip the end-to-end runs of the shipped configs")
     ap.add_argument("--no-accuracy", action="store_true", help="the end-to-end runs only (earlier seeds kept)")
     ap.add_argument("--students", default=",".join(STUDENTS),
-                    help="re-run these students only; the other students' rows are kept from the saved results "
-                         "(same seeds; the teachers are trained again either way)")
+                    help="re-run these students (their seeds and their config's end-to-end run) only; the other "
+                         "students' results are kept from the saved file (same seeds; teachers are trained again)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -198,8 +198,11 @@ def main() -> int:
     t0 = time.time()
     if not args.no_runs:  # first, alone on the machine: their wall time is a result
         with tempfile.TemporaryDirectory(prefix="pocketkd-pose-runs-") as work:
-            saved["runs"] = [end_to_end(c, Path(work)) for c in STUDENTS.values()]
-        saved["runs_machine"] = machine()
+            fresh = [end_to_end(STUDENTS[st], Path(work)) for st in students]
+        configs = {r["config"] for r in fresh}
+        saved["runs"] = fresh + [r for r in saved.get("runs", []) if r["config"] not in configs]
+        saved["runs_machine"] = machine() + ("" if set(students) == set(STUDENTS) else
+                                             f" ({', '.join(students)} re-run; the other kept)")
     if not args.no_accuracy:
         res = accuracy(seeds, args.workers, students)
         note = f"{machine()}; {args.workers} processes, {(time.time() - t0) / 60:.0f} min"

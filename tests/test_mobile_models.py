@@ -90,6 +90,11 @@ def test_make_divisible_and_mobilenet_v3_hyperparameters():
     model = ARCHITECTURES["mobilenet_v3_small"]()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(m.eps == 0.001 and m.momentum == 0.01 for m in bns)
+    # as a pocketkd backbone it trains with momentum 0.1 (few steps an epoch), eps kept
+    from models.backbones import ImageBackbone
+
+    pk = [m for m in ImageBackbone("mobilenet_v3_small", (1, 32, 32)).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(pk) == len(bns) and all(m.eps == 0.001 and m.momentum == 0.1 for m in pk)
     names = Counter(type(m).__name__ for m in model.modules())
     assert names["Hardswish"] > 0 and names["Hardsigmoid"] == 9  # one per SE block (9 of the 11 bnecks)
     eff = ARCHITECTURES["efficientnet_b0"]()
