@@ -13,10 +13,9 @@ import json
 
 import numpy as np
 
-from common import ROOT, write_section
+from common import RESULTS, write_section
 from protocol import paired
 
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _load(name: str) -> dict | None:

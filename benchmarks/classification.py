@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import ROOT, machine, mean_std, save_json, write_section
+from common import RESULTS, ROOT, machine, mean_std, save_json, write_section
 from pipeline.config import load_config
 from pipeline.data import make_dataset
 from pipeline.metrics import classification_metrics
@@ -85,7 +85,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.json is None and not args.no_write:
-        args.json = str(ROOT / "benchmarks" / "results" / "classification.json")
+        args.json = str(RESULTS / "classification.json")
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         out = {**parts[0], "minutes": max(p["minutes"] for p in parts), "parallel_processes": len(parts),

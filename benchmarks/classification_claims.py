@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from common import ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
 from pipeline.methods import register
 from pipeline.methods.base import CLS, as_labels
 from pipeline.methods.baselines import KDMethod, hinton_per_sample
@@ -191,7 +191,7 @@ def main() -> int:
     body = render(out)
     print(body)
     if not args.no_write:
-        save_json(ROOT / "benchmarks" / "results" / "classification_claims.json", out)
+        save_json(RESULTS / "classification_claims.json", out)
         write_section("classification_claims", body)
     return 0
 

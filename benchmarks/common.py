@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"  # every benchmark's raw numbers (JSON)
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Config  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import ROOT, machine, mean_std, save_json, student_rmse, teacher_and_targets, write_section
+from common import RESULTS, machine, mean_std, save_json, student_rmse, teacher_and_targets, write_section
 from pipeline.config import load_config
 
 METHODS = ["scratch", "kd", "tor", "tor_mt"]
@@ -123,7 +123,7 @@ def finish(results: list[dict], elapsed: float, processes: int, args) -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        save_json(ROOT / "benchmarks" / "results" / "noise_sweep.json", {"results": results, "seconds": elapsed})
+        save_json(RESULTS / "noise_sweep.json", {"results": results, "seconds": elapsed})
         write_section("noise_sweep", body)
     return 0
 

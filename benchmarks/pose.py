@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, machine, pipeline_run, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, pipeline_run, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, describe_seeds, paired
 
 STUDENTS = {"mobilenet_v3_small 0.5": ROOT / "configs" / "pose_mobilenet.yaml",
             "mobilenet_v2 0.35": ROOT / "configs" / "pose_mobilenet_v2.yaml"}
 METHODS = ("scratch", "tor", "tor_mt")
-RESULTS = ROOT / "benchmarks" / "results" / "pose.json"
+RESULTS_FILE = RESULTS / "pose.json"
 TARGET_RATIO = 0.8  # issue 15: tor_mt RMSE <= 0.8 x scratch, per output
 INT8_TARGET = 1.03
 
@@ -194,7 +194,7 @@ def main() -> int:
     students = args.students.split(",")
     if unknown := set(students) - set(STUDENTS):
         ap.error(f"--students: unknown {sorted(unknown)}; allowed: {', '.join(STUDENTS)}")
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    saved = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
     t0 = time.time()
     if not args.no_runs:  # first, alone on the machine: their wall time is a result
         with tempfile.TemporaryDirectory(prefix="pocketkd-pose-runs-") as work:
@@ -209,13 +209,13 @@ def main() -> int:
         if set(students) != set(STUDENTS):
             old = saved.get("accuracy")
             if not old or old["seeds"] != seeds:
-                ap.error("--students: the other students' rows must exist for the same --seeds in " + str(RESULTS))
+                ap.error("--students: the other students' rows must exist for the same --seeds in " + str(RESULTS_FILE))
             res["rows"] += [r for r in old["rows"] if r.get("student") and r["student"] not in students]
             note = (f"{', '.join(students)} and the teachers re-run on {note}; the other students' rows kept "
                     f"from {saved['accuracy_machine']}")
         saved["accuracy"], saved["accuracy_machine"] = res, note
     if not args.no_write:
-        save_json(RESULTS, saved)
+        save_json(RESULTS_FILE, saved)
     lines = ["## Real mobile networks on the pose task (issue 15)", "",
              "Regenerate: `python benchmarks/pose.py` (the end-to-end runs first, alone on the machine, then the "
              "seeds in parallel processes; `--no-runs` / `--no-accuracy` for one part).", ""]

@@ -19,7 +19,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from common import ROOT, machine, mean_std, save_json, teacher_and_targets, write_section
+from common import RESULTS, machine, mean_std, save_json, teacher_and_targets, write_section
 from pipeline.config import load_config
 from pipeline.data import make_dataset
 from pipeline.metrics import task_metrics
@@ -85,7 +85,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        save_json(ROOT / "benchmarks" / "results" / "regression_analogues.json", {"rows": rows, "minutes": minutes})
+        save_json(RESULTS / "regression_analogues.json", {"rows": rows, "minutes": minutes})
         write_section("regression_analogues", body)
     return 0
 

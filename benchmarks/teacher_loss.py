@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, SELECTION_SEEDS, describe_seeds, paired, select, validation_score
 
 LOSSES = ("mse", "l1", "huber")
@@ -129,7 +129,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        save_json(ROOT / "benchmarks" / "results" / "teacher_loss.json",
+        save_json(RESULTS / "teacher_loss.json",
                   {"rows": rows, "selected": best, "selection_means": means, "paired": summary, "seconds": elapsed,
                    "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
         write_section("teacher_loss", body)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
+from common import RESULTS, machine, protocol_arguments, run_jobs, save_json, write_section
 from protocol import SELECTION_SEEDS, challenge, describe_seeds, paired, select, validation_score
 
 SHIPPED = "reject, k=2, head 0.5"
@@ -144,7 +144,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        save_json(ROOT / "benchmarks" / "results" / "tor_defaults.json",
+        save_json(RESULTS / "tor_defaults.json",
                   {"selection": sel, "report": rep, "selected": best, "seconds": elapsed,
                    "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
         write_section("tor_defaults", body)

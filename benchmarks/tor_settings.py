@@ -22,10 +22,9 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
 from protocol import SELECTION_SEEDS, challenge, describe_seeds, paired, select, validation_score
 
-RESULTS = ROOT / "benchmarks" / "results"
 TASKS = {  # config, overrides (for time), label half-range (for the outlier ranges), unit
     "toy": (None, [], 1.0, ""),
     "digits_rotation": (str(ROOT / "configs" / "digits_rotation.yaml"),
