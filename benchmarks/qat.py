@@ -135,8 +135,10 @@ def main() -> None:
             import yaml
 
             c = yaml.safe_load((run / "config.yaml").read_text())
+            from common import machine
+
             entry = {"run": str(run), "data": c["data"]["name"], "seed": c["seed"],
-                     "outliers": c["data"]["noise"]["outlier_fraction"]}
+                     "outliers": c["data"]["noise"]["outlier_fraction"], "machine": machine()}
             for variant in ("ptq", "qat"):
                 entry[variant] = evaluate(run, variant == "qat", run in args.qemu, args.set)
             entry["overrides"] = overrides(True, args.set)
@@ -147,12 +149,9 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
     if args.write or args.render:
-        from common import machine, write_section
+        from common import write_section
 
-        from export.int8_arith import host_int8_profile
-
-        p = host_int8_profile()
-        write_section("qat", render(results, f"{machine()}; int8 flags {p['int8_flags']}: {p['int8_path']}"))
+        write_section("qat", render(results))
 
 
 def judged(variant: dict, judge: str) -> dict:
@@ -171,12 +170,17 @@ def full_int(variant: dict, judge: str) -> str:
     return f"{max(got):.3f}" if got else "–"
 
 
-def render(results: list[dict], host: str) -> str:
+def render(results: list[dict]) -> str:
+    machines = {}
+    for e in results:
+        machines.setdefault(e["machine"], []).append(e["data"])
     lines = ["## Quantization-aware distillation vs PTQ (issue 12)", "",
-             f"Machine: {host} (the host's own ORT int8 kernels are not used for these figures).",
+             "Machines: " + "; ".join(f"{', '.join(dict.fromkeys(d))} runs on {m}" for m, d in machines.items())
+             + " (the host's own ORT int8 kernels are not used for these figures).",
              "Command: train each run with `python -m pipeline run --out R --set seed=S "
              "--set data.noise.outlier_fraction=F --set distill.baselines=[] --only data --only teacher "
-             "--only distill --only student`, then `python benchmarks/qat.py R... --qemu R0 --write`; raw numbers in "
+             "--only distill --only student` (pose: `--config configs/pose_mobilenet.yaml`, the outlier fraction "
+             "its own), then `python benchmarks/qat.py R... --qemu R0 --write`; raw numbers in "
              "`benchmarks/results/qat.json`.", "",
              "int8 RMSE / RMSE of the *distilled* fp32 student (before QAT), clean test set: PTQ (today: "
              "`export.int8.prepare`) → **QAT** (`qat.enabled=true`, default epochs / lr). *exact*: static QDQ ONNX "
@@ -185,7 +189,10 @@ def render(results: list[dict], host: str) -> str:
              "under qemu. fp32 after QAT: the QAT'd student's own float RMSE / the distilled one's.", "",
              "*QAT own*: the worst float-input int8 file (the first four columns) after QAT / the QAT'd "
              "student's own fp32 RMSE (what the export's limit checks). digits_rotation: `configs/digits_rotation.yaml` "
-             "with `--set teacher.train.epochs=20` (reduced for time). Each row is one training run.", "",
+             "with `--set teacher.train.epochs=20` (reduced for time). pose: `configs/pose_mobilenet.yaml` (ResNet-18 "
+             "teacher, MobileNetV3-Small 0.5 student: batch norm, hard-swish, squeeze-excite; QAT through "
+             "`pipeline/qat_graph.py`), RMSE over both outputs in their units (degrees dominate). Each row is one "
+             "training run.", "",
              "*full-int / 8-bit input*: the worse full-integer TFLite file after QAT / the QAT'd student's own fp32 "
              "RMSE, divided by that file's `input_rounding` figure (the QAT'd fp32 student on inputs rounded to the "
              "file's 8-bit input grid / on exact inputs): the target is ≤ 1.02.", "",

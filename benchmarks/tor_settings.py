@@ -1,6 +1,7 @@
 """TOR and the teacher head under several kinds of annotation error (issue 18, item 2).
 
-    python benchmarks/tor_settings.py                      # rewrites its section of docs/BENCHMARKS.md
+    python benchmarks/tor_settings.py --tasks toy               # each task is one benchmark (<= 15 min on
+    python benchmarks/tor_settings.py --tasks digits_rotation   # 2 cores); each rewrites the shared section
     python benchmarks/tor_settings.py --tasks toy --report-seeds 0,1 --no-write   # a quick look
 
 Per task (the 1-D toy; 16x16 rotated digits, a CNN feature extractor) and kind of error (Gaussian
@@ -92,12 +93,15 @@ def _job(task: str, kind: str, seed: int, kd_sets: list[str] | None) -> list[dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", required=True, help=f"comma-separated, from {', '.join(TASKS)}; one task per run "
+                    "keeps each run within 15 min on 2 cores (both: 19 min)")
     ap.add_argument("--kinds", default=",".join(NOISE))
     protocol_arguments(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     tasks, kinds = args.tasks.split(","), args.kinds.split(",")
+    if unknown := [t for t in tasks if t not in TASKS]:
+        ap.error(f"--tasks: unknown {', '.join(unknown)}; allowed: {', '.join(TASKS)}")
     report_seeds = args.report_seeds
     t0 = time.time()
     cells = [(t, k) for t in tasks for k in kinds]
@@ -131,7 +135,8 @@ def main() -> int:
 def render(outs: list[dict]) -> str:
     """The section from one result per task (each run of ``--tasks T`` saves its own)."""
     lines = ["## TOR under several kinds of annotation error (issue 18)", "",
-             "Regenerate: `python benchmarks/tor_settings.py` (or one task: `--tasks T`); raw numbers in "
+             "Regenerate, one benchmark per task: `python benchmarks/tor_settings.py --tasks toy` and `--tasks "
+             "digits_rotation`; raw numbers in "
              "`benchmarks/results/tor_settings_<task>.json`. "
              + "; ".join(f"{', '.join(o['tasks'])}: {o['minutes']:.1f} min, {o['workers']} processes, on "
                          f"{o['machine']}" for o in outs) + ".", "",

@@ -24,6 +24,7 @@ Why this and not PyTorch's pt2e QAT flow: docs/QAT.md.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -33,42 +34,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from export.quantize import keeps_last_float
+from models import ARCHITECTURES as IMAGE_BACKBONES
 from pipeline.methods import TrainingSet, build_method
 from pipeline.options import TrainConfig
+from pipeline.qat_scheme import PerChannelInt8, activation_qparams, snap
+from pipeline.qat_graph import GraphFakeQuant
 from pipeline.train import evaluate_loss, fit
 
 log = logging.getLogger(__name__)
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 SAME_GRID = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # keep the input's grid
-
-
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 scale max|w| / 127 as ORT computes it (float64, then float32)."""
-    absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).double()
-    scale = (absmax / 127.0).float()
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
-def activation_qparams(rmin: float, rmax: float) -> tuple[float, int]:
-    """(scale, zero point) of the uint8 grid over [min(rmin, 0), max(rmax, 0)], exactly as
-    ``onnxruntime.quantization.quant_utils.compute_scale_zp`` computes them."""
-    lo, hi = np.minimum(np.float32(rmin), np.float32(0)), np.maximum(np.float32(rmax), np.float32(0))
-    scale = np.float64(hi) - np.float64(lo)
-    scale = scale / 255.0
-    if np.float32(scale) < np.finfo(np.float32).tiny:
-        return 1.0, 0
-    zp = int(np.round(0 - np.float64(lo) / scale))
-    return float(np.float32(scale)), zp
-
-
-class PerChannelInt8(nn.Module):
-    """Weight parametrization: fake-quantized onto the per-channel symmetric int8 grid (STE)."""
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = weight_scale(w)
-        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32),
-                                                      0, -127, 127)
 
 
 def deployed_modules(student: nn.Module, keep: str = "label") -> list[nn.Module]:
@@ -160,8 +136,7 @@ class FakeQuant:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        for layer in self.layers:
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        snap(self.layers)
 
 
 @torch.no_grad()
@@ -227,8 +202,6 @@ def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.nd
     """Equalise ``student`` in place with the strength whose GPTQ-rounded fake-quantized output is
     closest to the float output on ``x`` (the best PTQ point, as ``export.int8.prepare`` picks it), then
     attach the fake quantization and GPTQ-round the weights. Returns (FakeQuant, alpha)."""
-    import copy
-
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     head = 0 if keep == "label" else 1
     student.eval()
@@ -249,9 +222,14 @@ def start_point(student: nn.Module, keep: str, float_first_layer: bool, x: np.nd
 
 def applies(cfg) -> bool:
     """Whether the student stage fine-tunes with QAT (and the export then skips the weight preparation):
-    ReLU students of the ``mlp`` / ``cnn`` families (sequential Linear/Conv/ReLU/MaxPool paths). The
-    reference image architectures (BatchNorm, ReLU6 / Hardswish, residual adds) are not covered yet."""
-    return bool(cfg.qat.enabled) and cfg.student.activation == "relu" and cfg.student.backbone in ("mlp", "cnn")
+    ReLU students of the ``mlp`` / ``cnn`` families (sequential Linear/Conv/ReLU/MaxPool paths, exact
+    placement: ``FakeQuant``) and the reference image backbones (batch norm, ReLU6 / hard-swish,
+    squeeze-excite, residual adds: ``pipeline.qat_graph.GraphFakeQuant``)."""
+    if not cfg.qat.enabled:
+        return False
+    if cfg.student.backbone in IMAGE_BACKBONES:
+        return True
+    return cfg.student.activation == "relu" and cfg.student.backbone in ("mlp", "cnn")
 
 
 def calibration_rows(cfg, x: np.ndarray, y: np.ndarray | None, task: str = "regression") -> np.ndarray:
@@ -284,8 +262,14 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
         return method.loss(label_out, teacher_out, b[1], b[2], b[3] if b[3][0] >= 0 else None)
 
     t0 = time.perf_counter()
-    fq, alpha = start_point(student, cfg.student.keep_head, cfg.export.int8.float_first_layer, x_cal,
-                            float_last_layer=cfg.export.int8.float_last_layer)
+    int8 = cfg.export.int8
+    if cfg.student.backbone in IMAGE_BACKBONES:  # batch norm, residuals: graph placement, round-to-nearest start
+        fq, alpha = GraphFakeQuant(student, x_cal, cfg.student.keep_head, int8.float_first_layer,
+                                   int8.float_last_layer), None
+        fq.calibrate(x_cal)
+    else:
+        fq, alpha = start_point(student, cfg.student.keep_head, int8.float_first_layer, x_cal,
+                                float_last_layer=int8.float_last_layer)
     try:
         before = evaluate_loss(student, loss_fn, [torch.as_tensor(np.ascontiguousarray(a)) for a in val])
         train_cfg = TrainConfig(epochs=q.epochs, batch_size=cfg.distill.train.batch_size, lr=q.lr,
@@ -295,15 +279,20 @@ def qat_finetune(cfg, splits, yt: dict[str, np.ndarray], student: nn.Module,
             method.epoch_end()
             fq.calibrate(x_cal)  # the grids of the weights this epoch ended with
 
+        start = copy.deepcopy(student.state_dict())
         hist = fit(student, loss_fn, (splits.x["train"], y["train"], yt["train"], np.arange(n)), val, train_cfg,
                    seed=cfg.seed + 3, desc=f"qat[{cfg.distill.method}]", on_epoch_end=epoch_end)
+        kept_start = hist.best_val > before  # no epoch beat the quantized start: keep it
+        if kept_start:
+            student.load_state_dict(start)
         ranges = fq.calibrate(x_cal)  # the best epoch's weights: the ranges the exporters will find
     finally:
         fq.remove()
     seconds = time.perf_counter() - t0
-    log.info("qat: %d epochs in %.1fs, fake-quantized val loss %.5f -> %.5f", hist.epochs_run, seconds, before,
-             hist.best_val)
-    return {"epochs": hist.epochs_run, "best_epoch": hist.best_epoch + 1, "lr": q.lr, "seconds": round(seconds, 3),
-            "val_loss_fake_quant_before": before, "val_loss_fake_quant_after": hist.best_val,
+    after = min(before, hist.best_val)
+    log.info("qat: %d epochs in %.1fs, fake-quantized val loss %.5f -> %.5f%s", hist.epochs_run, seconds, before,
+             after, " (no epoch beat the start: kept it)" if kept_start else "")
+    return {"epochs": hist.epochs_run, "best_epoch": 0 if kept_start else hist.best_epoch + 1, "lr": q.lr,
+            "seconds": round(seconds, 3), "val_loss_fake_quant_before": before, "val_loss_fake_quant_after": after,
             "calibration_rows": len(x_cal), "equalisation_alpha": alpha, "weight_layers": len(fq.layers),
             "activation_ranges": [[round(lo, 6), round(hi, 6)] for lo, hi in ranges]}

@@ -1,4 +1,5 @@
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -215,3 +216,16 @@ def pytest_collection_modifyitems(config, items):
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups))
     tmp.replace(out)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """PyTorch's intra-op threads set to ``n`` for a block (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

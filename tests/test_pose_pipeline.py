@@ -64,6 +64,13 @@ def test_every_format_checked_with_batch_norm_folded_and_relu6_rewrite(pose_run)
     assert rows["tflite_fp32"]["gpu_delegate"].startswith("compatible"), rows["tflite_fp32"]["gpu_delegate"]
 
 
+def test_the_mobile_student_is_fine_tuned_quantization_aware(pose_run):
+    rec = json.loads((pose_run / "student.json").read_text())["qat"]
+    assert rec is not None and rec["weight_layers"] > 50 and rec["equalisation_alpha"] is None  # graph QAT
+    assert len(rec["activation_ranges"]) > 100  # a grid per Conv / Add / Mul / mean, as in the QDQ file
+    assert rec["val_loss_fake_quant_after"] <= rec["val_loss_fake_quant_before"]
+
+
 def test_benched_on_emulated_arm_with_arm_verdicts(pose_run):
     arm = json.loads((pose_run / "bench" / "qemu-aarch64.json").read_text())
     students = {r["file"]: r for r in arm["results"] if r["model"] == "student"}

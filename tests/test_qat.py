@@ -24,16 +24,16 @@ from models import TwoHeadStudent, drop_teacher_head
 from models.cnn import CNN
 from models.mlp import MLP
 from pipeline import qat
+from pipeline.qat_scheme import weight_scale
+from tests.conftest import torch_threads
 from pipeline.config import Config
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     """Models of a few thousand weights: extra threads only add overhead (and contention on CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def exact_qdq(path: Path, x: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_snapped_weights_are_reproduced_exactly_by_orts_per_channel_quantizer(tm
     for name, w in snapped.items():
         scale = q[name + "_scale"].reshape(-1, 1)
         ints = q[name + "_quantized"].astype(np.int64)
-        np.testing.assert_array_equal(ints, np.round(w / qat.weight_scale(torch.as_tensor(w)).numpy()[:, None]))
+        np.testing.assert_array_equal(ints, np.round(w / weight_scale(torch.as_tensor(w)).numpy()[:, None]))
         np.testing.assert_allclose(ints * scale, w, rtol=1e-6, atol=0)  # no further rounding by the converter
     assert len(snapped) == 3
 
@@ -146,10 +146,10 @@ def test_the_method_loss_trains_both_heads_and_the_teacher_head_stays_float():
     _qat(student, x, y, epochs=3, lr=1e-3)
     assert not torch.equal(student.teacher_head.weight, before.teacher_head.weight)  # trained by the method loss
     w = student.teacher_head.weight.detach()
-    off_grid = (w / qat.weight_scale(w)[:, None] - torch.round(w / qat.weight_scale(w)[:, None])).abs().max()
+    off_grid = (w / weight_scale(w)[:, None] - torch.round(w / weight_scale(w)[:, None])).abs().max()
     assert off_grid > 1e-3  # float: not part of the deployed path
     for layer in (student.backbone.net[2], student.label_head):
-        q = layer.weight.detach() / qat.weight_scale(layer.weight)[:, None]
+        q = layer.weight.detach() / weight_scale(layer.weight)[:, None]
         assert torch.allclose(q, torch.round(q), atol=1e-4)  # deployed path: on the int8 grid
 
 
@@ -201,8 +201,10 @@ def test_export_skips_the_weight_preparation_and_calibrates_on_the_qat_sample(en
     np.testing.assert_array_equal(student.calib, qat.calibration_rows(cfg, splits.x["train"], splits.y["train"]))
 
 
-def test_qat_is_on_by_default_for_relu_mlp_and_cnn_students_only():
+def test_qat_is_on_by_default_for_relu_mlp_and_cnn_students_and_image_backbones():
     assert qat.applies(Config())
+    assert qat.applies(Config.model_validate({"student": {"backbone": "mobilenet_v3_small"},
+                                              "data": {"name": "pose", "image_size": 32}}))
     assert qat.applies(Config.model_validate({"student": {"backbone": "cnn"}, "data": {"name": "digits_rotation"}}))
     assert not qat.applies(Config.model_validate({"student": {"activation": "gelu"}}))
     assert not qat.applies(Config.model_validate({"qat": {"enabled": False}}))

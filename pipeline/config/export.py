@@ -47,7 +47,7 @@ class QATConfig(Strict):
     enabled: bool = Field(
         True, description="after distillation, fine-tune the student with fake int8 quantization (ORT QDQ / LiteRT "
         "int8 scheme) under the method's loss, weights snapped to the int8 grid; the export then skips "
-        "export.int8.prepare (docs/QAT.md). ReLU students only"
+        "export.int8.prepare (docs/QAT.md). ReLU mlp / cnn students and the reference image backbones"
     )
     epochs: int = Field(10, ge=1, description="QAT fine-tuning epochs (the best fake-quantized validation loss is kept)")
     lr: float = Field(3e-5, gt=0, description="Adam learning rate of the QAT fine-tuning")

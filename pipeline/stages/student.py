@@ -37,7 +37,8 @@ def stage_student(ctx: Context) -> list[str]:
         qat_record = {**qat.qat_finetune(cfg, splits, yt, two_head, significance), "test_before": before,
                       "test_after": metrics_of(cfg, splits, predict(two_head, x)[head_index])}
     elif cfg.qat.enabled:
-        log.info("qat: skipped, %s %s students are not covered (ReLU mlp / cnn only); post-training int8 as before",
+        log.info("qat: skipped, %s %s students are not covered (ReLU mlp / cnn and image backbones); "
+                 "post-training int8 as before",
                  cfg.student.activation, cfg.student.backbone)
     deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     test_pred = predict(deployed, x)
@@ -55,7 +56,7 @@ def stage_student(ctx: Context) -> list[str]:
             "abstain_output": deployed_abstains(cfg),
             "head_drop_max_abs_diff": diff,
             "test": metrics_of(cfg, splits, test_pred),
-            "qat": qat_record,  # None: no quantization-aware fine-tuning (qat.enabled false or not a ReLU student)
+            "qat": qat_record,  # None: no quantization-aware fine-tuning (qat.enabled false or a student not covered)
         },
     )
     return ["student.pt", "student_preds.npz", "student.json"]
