@@ -37,6 +37,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(137)
 
 
+def die_with_parent(parent: int) -> None:
+    """A process-pool ``initializer``: the worker is SIGKILLed by the kernel when ``parent`` dies (a forked
+    worker shares the run directory's lock; orphaned, it would keep training and keep the lock)."""
+    _die_with_parent(parent)
+
+
 def popen_child(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen(cmd, **kwargs)`` in a new process group that dies with us (a long-lived child)."""
     parent = os.getpid()

@@ -1,5 +1,8 @@
 """Quantization-aware fine-tuning (QAT) of the distilled two-head student, under the method's own loss.
 
+This module: the fine-tuning loop, and the fake quantization of MLP / CNN students (``FakeQuant``,
+exact placement). Image backbones (batch norm, residuals, hard-swish): ``pipeline.qat_graph``.
+
 After distillation the student is fine-tuned for a few epochs with fake quantization on its
 *deployed* path (backbone + kept head), in the scheme both int8 targets use:
 

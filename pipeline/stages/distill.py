@@ -21,6 +21,7 @@ from pipeline.io import atomic_write_json
 from pipeline.methods import TrainingSet, build_method
 from pipeline.metrics import require_finite
 from pipeline.preflight import check_model_sizes
+from pipeline.procs import die_with_parent
 from pipeline.runner import Context
 from pipeline.stages.common import DIVERGED, dims, early_best, fold_scale, label_scale, metrics_of, scaled
 from pipeline.train import fit, predict, seed_everything
@@ -149,6 +150,13 @@ def worker_context(threads: int):
     return multiprocessing.get_context("fork" if threads == 1 and "fork" in methods else "spawn")
 
 
+def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """The baselines' process pool; its workers die with this process (even on SIGKILL), so a killed run
+    leaves no worker training on and holding the run directory's lock."""
+    return ProcessPoolExecutor(workers, mp_context=worker_context(threads), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def _fit_in_worker(cfg: Config, run_dir: str, name: str, threads: int, log_level: int) -> dict:
     """A worker process: one baseline with ``threads`` torch threads, logging like the parent (a forked
     worker inherits its handlers; a spawned one gets the same format).
@@ -183,7 +191,7 @@ def stage_distill(ctx: Context) -> list[str]:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            with ProcessPoolExecutor(workers, mp_context=worker_context(threads)) as pool:
+            with worker_pool(workers, threads) as pool:
                 level = logging.getLogger("pipeline").getEffectiveLevel()
                 jobs = {name: pool.submit(_fit_in_worker, cfg, str(ctx.run_dir), name, threads, level)
                         for name in baselines}
