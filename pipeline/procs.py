@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """preexec_fn: runs in the child between fork and exec."""
+def die_with_parent(parent: int) -> None:
+    """In a child (a ``preexec_fn`` between fork and exec, or a process pool's ``initializer``): the kernel
+    SIGKILLs it when ``parent`` dies. A forked pool worker shares the run directory's lock; orphaned, it
+    would keep training and keep the lock."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -37,16 +39,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(137)
 
 
-def die_with_parent(parent: int) -> None:
-    """A process-pool ``initializer``: the worker is SIGKILLed by the kernel when ``parent`` dies (a forked
-    worker shares the run directory's lock; orphaned, it would keep training and keep the lock)."""
-    _die_with_parent(parent)
-
-
 def popen_child(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen(cmd, **kwargs)`` in a new process group that dies with us (a long-lived child)."""
     parent = os.getpid()
-    return subprocess.Popen(cmd, preexec_fn=lambda: _die_with_parent(parent), process_group=0, **kwargs)
+    return subprocess.Popen(cmd, preexec_fn=lambda: die_with_parent(parent), process_group=0, **kwargs)
 
 
 def run_child(cmd: list[str], timeout: float | None = None, **kwargs: Any) -> subprocess.CompletedProcess:

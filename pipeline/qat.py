@@ -40,8 +40,8 @@ from export.quantize import keeps_last_float
 from models import ARCHITECTURES as IMAGE_BACKBONES
 from pipeline.methods import TrainingSet, build_method
 from pipeline.options import TrainConfig
-from pipeline.qat_scheme import PerChannelInt8, activation_qparams, snap
 from pipeline.qat_graph import GraphFakeQuant
+from pipeline.qat_scheme import PerChannelInt8, activation_qparams, snap
 from pipeline.train import evaluate_loss, fit
 
 log = logging.getLogger(__name__)
