@@ -41,7 +41,7 @@ from models import ARCHITECTURES as IMAGE_BACKBONES
 from pipeline.methods import TrainingSet, build_method
 from pipeline.options import TrainConfig
 from pipeline.qat_graph import GraphFakeQuant
-from pipeline.qat_scheme import PerChannelInt8, activation_qparams, snap
+from pipeline.qat_scheme import ActivationGrid, PerChannelInt8, calibrate_grids, snap
 from pipeline.train import evaluate_loss, fit
 
 log = logging.getLogger(__name__)
@@ -94,45 +94,23 @@ class FakeQuant:
                  float_last_layer: bool = False):
         self.student = student
         self.layers, self.points = quant_points(deployed_modules(student, keep), float_first_layer, float_last_layer)
-        self.qparams: list[tuple[float, int] | None] = [None] * len(self.points)
-        self._observed: list[list[float]] | None = None
+        self.grids = [ActivationGrid() for _ in self.points]
         self._hooks = []
         for layer in self.layers:
             parametrize.register_parametrization(layer, "weight", PerChannelInt8())
-        for k, (m, where) in enumerate(self.points):
+        for grid, (m, where) in zip(self.grids, self.points):
             if where == "in":
-                self._hooks.append(m.register_forward_pre_hook(lambda _m, args, k=k: (self._apply(k, args[0]),)
-                                                               + tuple(args[1:])))
+                self._hooks.append(m.register_forward_pre_hook(lambda _m, args, g=grid: (g(args[0]), *args[1:])))
             else:
-                self._hooks.append(m.register_forward_hook(lambda _m, _args, out, k=k: self._apply(k, out)))
+                self._hooks.append(m.register_forward_hook(lambda _m, _args, out, g=grid: g(out)))
 
-    def _apply(self, k: int, t: torch.Tensor) -> torch.Tensor:
-        if self._observed is not None:  # calibration: record the float range, change nothing
-            lo, hi = float(t.detach().min()), float(t.detach().max())
-            seen = self._observed[k]
-            self._observed[k] = [min(seen[0], lo), max(seen[1], hi)] if seen else [lo, hi]
-            return t
-        if self.qparams[k] is None:
-            return t
-        scale, zp = self.qparams[k]
-        return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
+    @property
+    def qparams(self) -> list[tuple[float, int] | None]:
+        return [g.qparams for g in self.grids]
 
-    @torch.no_grad()
     def calibrate(self, x: np.ndarray, batch: int = 512) -> list[tuple[float, float]]:
         """Set every activation grid from min / max over ``x`` (weights fake-quantized, activations float)."""
-        was_training = self.student.training
-        self.student.eval()
-        self._observed = [[] for _ in self.points]
-        try:
-            xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-            for i in range(0, len(xt), batch):
-                self.student(xt[i : i + batch])
-            ranges = [tuple(r) for r in self._observed]
-        finally:
-            self._observed = None
-            self.student.train(was_training)
-        self.qparams = [activation_qparams(lo, hi) for lo, hi in ranges]
-        return ranges
+        return calibrate_grids(self.student, self.grids, x, batch)
 
     def remove(self) -> None:
         """Detach the fake quantization; the weights keep their int8-grid values (snapped)."""

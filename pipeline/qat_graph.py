@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from export.quantize import keeps_last_float
 from models.deploy import REWRITES
-from pipeline.qat_scheme import PerChannelInt8, activation_qparams, snap
+from pipeline.qat_scheme import ActivationGrid, PerChannelInt8, calibrate_grids, snap
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -41,25 +41,6 @@ FUSED_FUNCTIONS = (F.relu, F.relu6, torch.relu)
 SHAPE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d)
 SHAPE_FUNCTIONS = (torch.flatten, torch.reshape, F.dropout, F.max_pool2d)
 SHAPE_METHODS = ("flatten", "reshape", "view", "contiguous", "squeeze", "unsqueeze")
-
-
-class ActivationGrid(nn.Module):
-    """One 8-bit activation grid: records min / max while calibrating, fake-quantizes once set."""
-
-    def __init__(self):
-        super().__init__()
-        self.qparams: tuple[float, int] | None = None
-        self.seen: list[float] | None = None  # [min, max] while calibrating
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        if self.seen is not None:
-            lo, hi = float(t.detach().min()), float(t.detach().max())
-            self.seen = [min(self.seen[0], lo), max(self.seen[1], hi)] if self.seen else [lo, hi]
-            return t
-        if self.qparams is None:
-            return t
-        scale, zp = self.qparams
-        return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
 
 
 class SiLUAsExported(nn.Module):
@@ -166,7 +147,6 @@ class GraphFakeQuant:
                 continue  # the grid sits after the batch norm / activation ORT fuses into this tensor
             self._grid_after(gm, node)
         gm.recompile()
-        self.backbone = gm
         quantized = [m for m in self.layers if not (float_first_layer and first is not None
                                                     and m is gm.get_submodule(first.target))]
         self.quantized_layers = quantized
@@ -188,29 +168,9 @@ class GraphFakeQuant:
             q = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
 
-    @property
-    def qparams(self) -> list[tuple[float, int] | None]:
-        return [g.qparams for g in self.grids]
-
-    @torch.no_grad()
     def calibrate(self, x: np.ndarray, batch: int = 256) -> list[tuple[float, float]]:
         """Every grid from min / max over ``x`` (weights fake-quantized, activations float)."""
-        was_training = self.student.training
-        self.student.eval()
-        for g in self.grids:
-            g.seen = []
-        try:
-            xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-            for i in range(0, len(xt), batch):
-                self.student(xt[i : i + batch])
-            ranges = [tuple(g.seen) for g in self.grids]
-        finally:
-            for g in self.grids:
-                g.seen = None
-            self.student.train(was_training)
-        for g, (lo, hi) in zip(self.grids, ranges):
-            g.qparams = activation_qparams(lo, hi)
-        return ranges
+        return calibrate_grids(self.student, self.grids, x, batch)
 
     def remove(self) -> None:
         """Put the original backbone back; its weights keep their int8-grid values (snapped)."""

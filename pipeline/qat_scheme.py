@@ -41,3 +41,45 @@ def snap(layers) -> None:
     """Remove each layer's ``PerChannelInt8`` parametrization, keeping the weights on their int8 grid."""
     for layer in layers:
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
+class ActivationGrid(nn.Module):
+    """One 8-bit activation grid: records min / max while calibrating, fake-quantizes once set."""
+
+    def __init__(self):
+        super().__init__()
+        self.qparams: tuple[float, int] | None = None
+        self.seen: list[float] | None = None  # [min, max] while calibrating
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if self.seen is not None:  # calibration: record the float range, change nothing
+            lo, hi = float(t.detach().min()), float(t.detach().max())
+            self.seen = [min(self.seen[0], lo), max(self.seen[1], hi)] if self.seen else [lo, hi]
+            return t
+        if self.qparams is None:
+            return t
+        scale, zp = self.qparams
+        return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
+
+
+@torch.no_grad()
+def calibrate_grids(student: nn.Module, grids: list[ActivationGrid], x: np.ndarray,
+                    batch: int = 256) -> list[tuple[float, float]]:
+    """Set every grid from min / max over ``x``, run through ``student`` in eval mode (weights
+    fake-quantized, activations float: what ORT's MinMax calibrator sees on the final model)."""
+    was_training = student.training
+    student.eval()
+    for g in grids:
+        g.seen = []
+    try:
+        xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+        for i in range(0, len(xt), batch):
+            student(xt[i : i + batch])
+        ranges = [tuple(g.seen) for g in grids]
+    finally:
+        for g in grids:
+            g.seen = None
+        student.train(was_training)
+    for g, (lo, hi) in zip(grids, ranges):
+        g.qparams = activation_qparams(lo, hi)
+    return ranges
