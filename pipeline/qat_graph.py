@@ -13,8 +13,10 @@ ONNX Runtime's QDQ quantizer places it on the exported file (read off a MobileNe
 * every tensor an operator produces is on an 8-bit grid (per-tensor asymmetric, ``activation_qparams``)
   -- convolutions, adds (residuals and ``x + 3``), muls (squeeze-excite, hard-swish), pooling means,
   sigmoids -- except a tensor whose only consumer is a ReLU / ReLU6 / batch norm (ORT fuses them: the
-  grid sits after the activation), and shape-only operators (flatten, reshape, dropout, max-pool)
-  keep their input's grid;
+  grid sits after the activation), a product with a constant whose only consumer is a convolution
+  (hard-swish's trailing ``* (1/3)``: the exporter folds the constant into that convolution's
+  weights, so the file has no tensor between them), and shape-only operators (flatten, reshape,
+  dropout, max-pool) keep their input's grid;
 * the model input is quantized only when the first layer is (``export.int8.float_first_layer``).
 
 The deployed head (a Linear) is handled as for the MLP students (``pipeline.qat.FakeQuant``'s rules:
@@ -22,6 +24,8 @@ weights on the int8 grid, output quantized unless ``export.int8.float_last_layer
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 import torch
@@ -120,6 +124,19 @@ def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     return "none"
 
 
+def _folded_into_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``x * c`` (``c`` a number) whose only consumer is a convolution: the ONNX exporter folds ``c``
+    into that convolution's weights (zero padding stays zero), so the file has no tensor, and no grid,
+    between them; per-channel symmetric weights are invariant to the factor."""
+    if node.op != "call_function" or node.target not in (operator.mul, torch.mul):
+        return False
+    if not any(isinstance(a, (int, float)) for a in node.args):
+        return False
+    users = list(node.users)
+    return (len(users) == 1 and users[0].op == "call_module"
+            and isinstance(gm.get_submodule(users[0].target), (nn.Conv1d, nn.Conv2d)))
+
+
 class GraphFakeQuant:
     """Fake quantization of a two-head student with an image backbone: the backbone is replaced by a
     traced copy with grids inserted (same parameters), the kept head gets a weight parametrization and
@@ -145,6 +162,8 @@ class GraphFakeQuant:
             users = list(node.users)
             if len(users) == 1 and _kind(gm, users[0]) in ("bn", "fused"):
                 continue  # the grid sits after the batch norm / activation ORT fuses into this tensor
+            if _folded_into_conv(gm, node):
+                continue
             self._grid_after(gm, node)
         gm.recompile()
         quantized = [m for m in self.layers if not (float_first_layer and first is not None

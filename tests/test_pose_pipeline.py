@@ -55,9 +55,12 @@ def test_every_format_checked_with_batch_norm_folded_and_relu6_rewrite(pose_run)
     ops = {n.op_type for n in onnx.load(str(pose_run / "student.onnx")).graph.node}
     assert "BatchNormalization" not in ops and "HardSwish" not in ops and "Clip" in ops
     assert exp["deploy_rewrites"]["student.pt"]["max_abs_diff"] <= 1e-5
-    # hard-swish as ReLU6 arithmetic: the float TFLite files are one XNNPACK partition
-    for name in ("tflite_fp32", "tflite_fp16"):
+    # hard-swish as ReLU6 arithmetic that the converter does not fold back into HARD_SWISH: the float
+    # and full-integer TFLite files are one XNNPACK partition
+    for name in ("tflite_fp32", "tflite_fp16", "tflite_int8_io"):
         assert rows[name]["xnnpack"]["fully_delegated"], rows[name]["xnnpack"]
+    tflite_ops = {op for r in rows.values() if r["file"].endswith(".tflite") for op in r["tflite_ops"]}
+    assert not tflite_ops & {"HARD_SWISH", "RELU_0_TO_1"}, tflite_ops
     # every TFLite file has TensorFlow's static GPU-delegate verdict; the float MobileNet passes it
     assert all(r["gpu_delegate"].split(":")[0].split(" (")[0] in ("compatible", "not compatible")
                for r in rows.values() if r["file"].endswith(".tflite")), rows
