@@ -13,8 +13,8 @@
    this benchmark ran, and the report seeds are the protocol's (never the selection seeds).
 2. **The shipped configs end to end** (``python -m pipeline run --config ...`` in a child process,
    run alone, log to a file): wall time, the int8 files' RMSE against the fp32 student on the
-   qemu-aarch64 outputs, fp32 parity, XNNPACK delegation of every TFLite file and the emulated
-   aarch64 p50 of the student's int8 files against the teacher's fp32 p50.
+   qemu-aarch64 outputs, fp32 parity, XNNPACK delegation and the NNAPI delegate's verdict of every
+   TFLite file and the emulated aarch64 p50 of the student's int8 files against the teacher's fp32 p50.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def end_to_end(config: Path, workdir: Path) -> dict:
         files.append({"format": r["format"], "file": r["file"], "precision": r.get("precision"),
                       "status": r["status"], "max_abs_diff_vs_torch": r.get("max_abs_diff_vs_torch"),
                       "arm_rmse": a.get("rmse"), "arm_ratio": a["rmse"] / fp32_arm if "rmse" in a else None,
-                      "arm_p50_ms": (a.get("latency_ms") or {}).get("p50"), "xnnpack": r.get("xnnpack")})
+                      "arm_p50_ms": (a.get("latency_ms") or {}).get("p50"), "xnnpack": r.get("xnnpack"),
+                      "nnapi": (r.get("nnapi_delegate") or {}).get("summary")})
     teacher = arm_rows["teacher.onnx"]
     return {"config": str(config.relative_to(ROOT)), "seconds": seconds, "files": files,
             "teacher_arm_p50_ms": teacher["latency_ms"]["p50"],
@@ -165,7 +166,8 @@ def end_to_end_lines(runs: list[dict]) -> list[str]:
                   f"(target ≤ 10 min; stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in run["stages"].items())
                   + f"); teacher fp32 p50 on qemu-aarch64 {run['teacher_arm_p50_ms']:.1f} ms.", "",
                   "| file | status | max abs diff vs PyTorch | RMSE / fp32 on qemu-aarch64 | qemu-aarch64 p50 ms "
-                  "| / teacher fp32 p50 | XNNPACK nodes |", "|---|---|---|---|---|---|---|"]
+                  "| / teacher fp32 p50 | XNNPACK nodes | NNAPI delegate (export/nnapi.py) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for f in run["files"]:
             x = f["xnnpack"] or {}
             xn = f"{x['delegated']}/{x['nodes']} in {x['partitions']}" if x else "–"
@@ -173,7 +175,7 @@ def end_to_end_lines(runs: list[dict]) -> list[str]:
             p50 = f["arm_p50_ms"]
             lines.append(f"| {f['file']} | {f['status']} | {f['max_abs_diff_vs_torch']:.1e} | {ratio} | "
                          + (f"{p50:.2f} | {p50 / run['teacher_arm_p50_ms']:.4f}" if p50 else "– | –")
-                         + f" | {xn} |")
+                         + f" | {xn} | {f.get('nnapi') or '–'} |")
         lines.append("")
     return lines
 

@@ -5,6 +5,7 @@ signatures read from the files) and the bundle metadata."""
 from __future__ import annotations
 
 from export.android_kotlin import PACKAGE
+from export.nnapi import API_LEVELS
 
 NNAPI_NOTE = (
     "NNAPI is deprecated from Android 15 (https://developer.android.com/ndk/guides/neuralnetworks/migration-guide). "
@@ -30,6 +31,11 @@ def _for(row: dict) -> str:
     if "optimization_style" in row:
         return f"ORT {', '.join(row['execution_providers'])} EP ({row['optimization_style']} style)"
     return "ONNX Runtime (any EP; .onnx)"
+
+
+def _nnapi_cell(d: dict) -> str:
+    """'138/224 (3 parts)': nodes the NNAPI delegate takes at one API level, and its partitions."""
+    return f"{d['delegated']}/{d['nodes']}" + ("" if d["partitions"] <= 1 else f" ({d['partitions']} parts)")
 
 
 def _raw_record(meta: dict) -> str:
@@ -64,6 +70,11 @@ def readme(rows: list[dict], meta: dict, gradle: list[str]) -> str:
     ort_rows = [r for r in rows if "optimization_style" in r]
     nnapi = "\n".join(f"| `{r['file']}` | {r['optimization_style']} | {', '.join(r['execution_providers'])} | "
                       f"{(r.get('mobile_usability') or {}).get('nnapi', 'not checked')} |" for r in ort_rows)
+    tfl = [r for r in rows if r["file"].endswith(".tflite") and "levels" in (r.get("nnapi_delegate") or {})]
+    nnapi_tflite = "\n".join(
+        f"| `{r['file']}` | " + " | ".join(_nnapi_cell(d) for d in r["nnapi_delegate"]["levels"].values()) + " | "
+        + ("; ".join(f"{k} x{v}" for k, v in list(r["nnapi_delegate"]["levels"].values())[-1]["refused"].items())
+           or "none") + " |" for r in tfl)
     classes = ""
     if meta.get("classes") is not None:
         classes = (f"\nClassification: outputs 0..{len(meta['classes']) - 1} are the logits of the labels "
@@ -118,6 +129,17 @@ EPs. ORT's own mobile usability checker, run on the graph each file holds:
 | file | style | execution providers | NNAPI as is |
 |---|---|---|---|
 {nnapi}
+
+LiteRT's NNAPI delegate (the Interpreter API's `NnApiDelegate`, Android 8.1 to 14) takes each node its rules
+allow at the phone's API level and runs the 3 largest groups of such nodes on NNAPI, the rest on the CPU.
+pocketkd applies the delegate's rules (ported from TensorFlow Lite's source, `export/nnapi.py`) to each
+`.tflite` here: nodes delegated / nodes, and the partitions when more than one. Static: the phone's NNAPI
+driver can still refuse an operation, and from API 29 the delegate only acts when the phone has an NNAPI
+accelerator besides the CPU reference.
+
+| file | {" | ".join(f"API {k} ({v})" for k, v in API_LEVELS.items())} | refused at API {max(API_LEVELS)} |
+|---|{"---|" * len(API_LEVELS)}---|
+{nnapi_tflite}
 
 {NNAPI_NOTE}
 

@@ -16,6 +16,7 @@ from export.int8_arith import exact_outputs, host_int8_profile
 from export.job import ExportJob, Format
 from export.onnx_export import graph_io
 from export.tflite import non_builtin_ops, tflite_ops
+from export.nnapi import nnapi_verdict
 from export.xnnpack import xnnpack_delegation
 from pipeline.metrics import max_abs_diff, parity_bound, task_metrics
 
@@ -156,13 +157,21 @@ def check_file(job: ExportJob, fmt: Format, path: Path) -> dict:
         try:  # LiteRT's default CPU delegate: which nodes it takes (the rest run on builtin kernels)
             row["xnnpack"] = xnnpack_delegation(path)
         except Exception as exc:  # private interpreter API: a runtime without it gets no column
-            row["xnnpack"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            row["xnnpack"] = {"error": _one_line(exc)}
+        try:  # TensorFlow Lite's NNAPI delegate, by its own rules at each Android API level (export/nnapi.py)
+            row["nnapi_delegate"] = nnapi_verdict(path)
+        except Exception as exc:  # an op or field the port does not read: no verdict rather than no file
+            row["nnapi_delegate"] = {"error": _one_line(exc)}
         if bad:
             problems.append(f"uses non-builtin TFLite ops {bad}")
     row["status"] = "failed" if problems else "over_limit" if over else "ok"
     if problems or over:
         row["error"] = "; ".join(problems + over)
     return row
+
+
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _exact_source(job: ExportJob, fmt: Format, path: Path) -> Path:

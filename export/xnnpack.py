@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 
-def xnnpack_delegation(path: Path) -> dict:
-    """{"nodes", "delegated", "partitions", "fully_delegated", "not_delegated": {op: count}}."""
+def xnnpack_partitions(path: Path) -> tuple[list[dict], list[set[int]]]:
+    """(the file's operators as LiteRT lists them without delegates, the node indices each XNNPACK
+    partition replaced)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     plain = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -24,10 +25,11 @@ def xnnpack_delegation(path: Path) -> dict:
     delegated.allocate_tensors()
     partitions = [op for op in delegated._get_ops_details() if op["op_name"] == "DELEGATE"]
     producer = {int(t): i for i, op in enumerate(ops) for t in op["outputs"]}
-    covered: set[int] = set()
+    parts = []
     for part in partitions:
         boundary = {int(t) for t in part["inputs"]}
         stack = [int(t) for t in part["outputs"]]
+        covered: set[int] = set()
         while stack:
             t = stack.pop()
             i = producer.get(t)
@@ -35,6 +37,14 @@ def xnnpack_delegation(path: Path) -> dict:
                 continue
             covered.add(i)
             stack.extend(int(u) for u in ops[i]["inputs"] if u >= 0)
+        parts.append(covered)
+    return ops, parts
+
+
+def xnnpack_delegation(path: Path) -> dict:
+    """{"nodes", "delegated", "partitions", "fully_delegated", "not_delegated": {op: count}}."""
+    ops, parts = xnnpack_partitions(path)
+    covered = set().union(*parts)
     left = Counter(ops[i]["op_name"] for i in range(len(ops)) if i not in covered)
-    return {"nodes": len(ops), "delegated": len(covered), "partitions": len(partitions),
-            "fully_delegated": not left and len(partitions) == 1, "not_delegated": dict(sorted(left.items()))}
+    return {"nodes": len(ops), "delegated": len(covered), "partitions": len(parts),
+            "fully_delegated": not left and len(parts) == 1, "not_delegated": dict(sorted(left.items()))}

@@ -305,6 +305,9 @@ def test_metadata_json_is_the_index_and_gradle_is_versioned(android_bundles):
     assert f'com.microsoft.onnxruntime:onnxruntime-android:{versions["onnxruntime"]}' in readme
     assert f'com.google.ai.edge.litert:litert:{versions["ai-edge-litert"]}' in readme
     assert "deprecated from Android 15" in readme and "required_operators.config" in readme
+    # the NNAPI delegate's verdict (export/nnapi.py) for every .tflite of the bundle, per Android API level
+    nnapi = readme.split("| refused at API 30 |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert [line.split("`")[1] for line in nnapi] == [f["file"] for f in index["files"] if f["file"].endswith(".tflite")]
 
 
 def test_a_bundle_whose_outputs_disagree_with_its_metadata_is_refused_in_one_line(android_bundles, tmp_path):

@@ -50,8 +50,15 @@ def test_every_export_was_checked_against_pytorch(e2e_run):
             assert r["tensorflow_interpreter"] == "ok", r
             # TensorFlow's static GPU-delegate check: an MLP of FULLY_CONNECTED / RELU (+ quantize ops) passes
             assert r["gpu_delegate"].startswith("compatible (static check, TensorFlow 2."), r
+            # TensorFlow Lite's NNAPI delegate rules at Android API 27-30 (export/nnapi.py)
+            assert set(r["nnapi_delegate"]["levels"]) == {"27", "28", "29", "30"}, r
         if fmt.endswith("fp32"):
             assert r["max_abs_diff_vs_torch"] <= 1e-4
+    # FULLY_CONNECTED and RESHAPE in float: NNAPI 1.0 (Android 8.1) takes it all; full-integer int8 needs
+    # NNAPI 1.2 (int8 layers) or 1.3 (int8 QUANTIZE / DEQUANTIZE of float I/O)
+    assert by[("student", "tflite_fp32")]["nnapi_delegate"]["summary"].endswith("nodes from API 27")
+    assert by[("student", "tflite_int8_io")]["nnapi_delegate"]["summary"].endswith("nodes from API 29")
+    assert by[("student", "tflite_int8")]["nnapi_delegate"]["summary"].endswith("nodes from API 30")
     # int8 error is measured and reported, and is not zero (it really is quantized)
     assert 0 < by[("student", "onnx_int8")]["max_abs_diff_vs_torch"] < 0.5
 

@@ -54,6 +54,13 @@ def _xnnpack(x: dict | None) -> str:
     return text
 
 
+def _nnapi(r: dict) -> str:
+    """ORT's checker ("as is: YES") for an ONNX / ORT row; the NNAPI delegate's summary for a TFLite row."""
+    if (r.get("mobile_usability") or {}).get("nnapi"):
+        return "as is: " + r["mobile_usability"]["nnapi"]
+    return (r.get("nnapi_delegate") or {}).get("summary", "–")
+
+
 def tables(rep: dict) -> list[Table]:
     out: list[Table] = []
     task = _task(rep)
@@ -100,12 +107,12 @@ def tables(rep: dict) -> list[Table]:
     vs = ("accuracy_drop_vs_torch", "accuracy drop vs torch") if task == "classification" else (
         "rmse_ratio_vs_torch", "RMSE / torch")
     header = ["model", "format", "batch", "file", "bytes", "status", "max abs diff vs torch", c1,
-              vs[1], "NNAPI as is", "builtin ops only", "XNNPACK nodes", "GPU delegate", "note"]
+              vs[1], "NNAPI", "builtin ops only", "XNNPACK nodes", "GPU delegate", "note"]
 
     def export_rows(rows):
         return [[r["model"], r["format"], str(r.get("batch", "")), r.get("file", "–"), _f(r.get("size_bytes")),
                  r["status"], _f(r.get("max_abs_diff_vs_torch"), 3), _f(r.get(k1)),
-                 _f(r.get(vs[0]), 3), (r.get("mobile_usability") or {}).get("nnapi", "–"),
+                 _f(r.get(vs[0]), 3), _nnapi(r),
                  {True: "yes", False: "NO"}.get(r.get("builtin_ops_only"), "–"), _xnnpack(r.get("xnnpack")),
                  (r.get("gpu_delegate") or "–").split(" (static")[0],
                  (r.get("error") or "").strip().splitlines()[-1][:160] if r.get("error") else ""]
