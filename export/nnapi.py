@@ -8,7 +8,7 @@ off a device, so this is a port of the delegate's static side, read from TensorF
 
 - every node is validated at an Android API level: 27 (NNAPI 1.0), 28 (1.1), 29 (1.2), 30 (1.3; no
   rule changes after it, so it stands for Android 11 to 14), with the delegate's default options (no
-  accelerator named: MUL up to op version 2, quantized average pools up to 256 window elements);
+  accelerator named, ``disallow_nnapi_cpu`` true);
 - a graph with constant fp16 weights (``DEQUANTIZE`` of a FLOAT16 constant) goes the delegate's fp16
   way: consumers are validated on the fp16 constants, and a weight's ``DEQUANTIZE`` is delegated with
   the largest partition when every consumer of it is there;
@@ -18,9 +18,12 @@ off a device, so this is a port of the delegate's static side, read from TensorF
 The per-op rules live in ``export/nnapi_rules.py``, for the op types in its ``RULES`` (every op
 pocketkd's converters emit and their common neighbours); a node of another type is counted as
 refused with the reason "no rule ported".
-What this cannot tell, and a phone can: whether its NNAPI driver runs each operation (the delegate asks
-the driver only when an accelerator is named), and from API 29 the delegate does nothing on a phone
-whose only NNAPI device is the CPU reference.
+What this cannot tell, and a phone can: from API 29 the default delegate targets the phone's NNAPI
+devices other than the CPU reference (none: it does nothing), validates at their feature level when
+that is lower, and then asks their drivers which of the nodes above they run
+(``GetNodesSupportedByAccelerator``); for a graph with fp16 weights, a driver refusing any node means
+nothing is delegated. So from API 29 the figures are what the delegate offers the phone's drivers, an
+upper bound; at API 27 / 28 they are what it delegates.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from export.nnapi_rules import Node, Tensor, validate
+from export.nnapi_rules import TARGETS_DEVICES_FROM, Node, Tensor, validate
 
 API_LEVELS = {27: "Android 8.1", 28: "Android 9", 29: "Android 10", 30: "Android 11-14"}
 MAX_PARTITIONS = 3  # StatefulNnApiDelegate::Options::max_number_delegated_partitions
 SOURCE = ("TensorFlow Lite's NNAPI delegate rules (nnapi_delegate.cc Validate, DoPrepare) ported to Python; "
-          "static: a phone's NNAPI driver may still refuse an operation")
+          "static: from API 29 the delegate then asks the phone's NNAPI drivers, which may refuse nodes")
 
 
 def read_graph(path: Path) -> tuple[list[Node], list[Tensor], list[int]]:
@@ -47,14 +50,17 @@ def read_graph(path: Path) -> tuple[list[Node], list[Tensor], list[int]]:
     tensors = []
     for t in g.tensors:
         buf = model.buffers[t.buffer]
-        const = (buf.data is not None and len(buf.data) > 0) or bool(getattr(buf, "offset", 0) > 1)
+        const = (buf.data is not None and len(buf.data) > 0) or (getattr(buf, "offset", 0) > 1
+                                                                 and getattr(buf, "size", 0) > 0)
         q = t.quantization
         scales = [] if q is None or q.scale is None else list(q.scale)
         zps = [] if q is None or q.zeroPoint is None else list(q.zeroPoint)
         sig = [] if t.shapeSignature is None else list(t.shapeSignature)
         tensors.append(Tensor(type=type_names.get(t.type, str(t.type)),
                               shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])), const=const,
-                              scale=float(scales[0]) if scales else 0.0, zero_point=int(zps[0]) if zps else 0,
+                              # TfLiteTensor.params: set only for one scale and one zero point (per-tensor)
+                              scale=float(scales[0]) if len(scales) == 1 and len(zps) == 1 else 0.0,
+                              zero_point=int(zps[0]) if len(scales) == 1 and len(zps) == 1 else 0,
                               n_scales=len(scales), dynamic=any(int(d) < 0 for d in sig)))
     nodes = []
     for op in g.operators:
@@ -143,8 +149,10 @@ def delegation(path: Path, sdk: int, graph=None) -> dict:
         nodes = [view[i] if i in take else n for i, n in enumerate(nodes)]
     parts = _largest(partition(nodes, supported), MAX_PARTITIONS) if supported else []
     delegated = sorted(i for p in parts for i in p)
-    left = Counter(view[i].op for i in range(len(view)) if i not in set(delegated))
-    return {"api_level": sdk, "nodes": len(view), "delegated": len(delegated), "partitions": len(parts),
+    taken = set(delegated)
+    left = Counter(view[i].op for i in range(len(view)) if i not in taken)
+    return {"api_level": sdk, "asks_drivers": sdk >= TARGETS_DEVICES_FROM, "nodes": len(view),
+            "delegated": len(delegated), "partitions": len(parts),
             "fully_delegated": len(delegated) == len(view) and len(parts) == 1,
             "not_delegated": dict(sorted(left.items())), "refused": dict(sorted(refused.items()))}
 

@@ -3,7 +3,9 @@
 
 ``validate(node, sdk)`` returns the delegate's failure messages for a node at an Android API level
 (27 = NNAPI 1.0 ... 30 = NNAPI 1.3), [] when the delegate would take it, with the delegate's default
-options (no accelerator named). Messages are the delegate's own. ``ExpectOpVersion`` in the source
+options: no accelerator named and ``disallow_nnapi_cpu`` true, so from API 29 the delegate targets the
+phone's NNAPI devices (``ShouldUseTargetDevices``), which lifts two limits (MUL op version 3,
+quantized average pools over 256 window elements). Messages are the delegate's own. ``ExpectOpVersion`` in the source
 checks ``version <= n`` despite its message, and so does the port. Ops without a rule here are
 refused with "no rule ported". The partitioning and the verdict: ``export/nnapi.py``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FLOAT, QUANT8 = {"FLOAT32"}, {"UINT8", "INT8"}
+TARGETS_DEVICES_FROM = 29  # ShouldUseTargetDevices: disallow_nnapi_cpu (default true) from NNAPI 1.2
 
 
 @dataclass
@@ -50,8 +53,9 @@ class Node:
 class _Check:
     """Collects the failure messages of one node's validation, as OpValidationContext does."""
 
-    def __init__(self):
+    def __init__(self, targets_devices: bool):
         self.failures: list[str] = []
+        self.targets_devices = targets_devices  # ``is_accelerator_specified`` in Validate
 
     def expect(self, ok: bool, message: str) -> bool:
         if not ok:
@@ -79,7 +83,7 @@ def _restricted_scales(c: _Check, node: Node) -> None:
 
 
 def _add_mul(c: _Check, node: Node, sdk: int) -> None:
-    c.max_version(node, 2)  # MUL: 3 only with an accelerator named
+    c.max_version(node, 3 if node.op == "MUL" and c.targets_devices else 2)
     if sdk >= 30:
         c.input_in(node, FLOAT | QUANT8 | {"INT32"}, "Input should be Float, Quant8, or Int32")
         if node.t(0).type == "INT32":
@@ -108,7 +112,7 @@ def _average_pool(c: _Check, node: Node, sdk: int) -> None:
     c.max_version(node, 2)
     c.input_in(node, FLOAT | QUANT8, "Input should be Float or Quant8")
     if node.t(0).type in QUANT8:
-        c.expect(node.opt("filterWidth", 0) * node.opt("filterHeight", 0) <= 256,
+        c.expect(c.targets_devices or node.opt("filterWidth", 0) * node.opt("filterHeight", 0) <= 256,
                  "Large filter window would overflow on the reference CPU path")
 
 
@@ -337,6 +341,6 @@ def validate(node: Node, sdk: int) -> list[str]:
     rule = RULES.get(node.op)
     if rule is None:
         return ["no rule ported (pocketkd ports the rules of " + str(len(RULES)) + " op types)"]
-    c = _Check()
+    c = _Check(targets_devices=sdk >= TARGETS_DEVICES_FROM)
     rule(c, node, sdk)
     return c.failures

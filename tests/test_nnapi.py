@@ -57,10 +57,17 @@ def files(tmp_path_factory):
         y = tf.nn.relu(tf.nn.conv2d(x, k, 1, "SAME"))
         return tf.matmul(tf.reduce_mean(y, axis=[1, 2]), dense)
 
+    @tf.function
+    def pooled(x):  # a 32 x 32 average-pool window: 1024 elements
+        y = tf.nn.avg_pool2d(tf.nn.relu(tf.nn.conv2d(x, k, 1, "SAME")), 32, 32, "VALID")
+        return tf.matmul(tf.reshape(y, [1, 8]), dense)
+
     vec, img = tf.TensorSpec([1, 8], tf.float32), tf.TensorSpec([1, 8, 8, 3], tf.float32)
+    big = tf.TensorSpec([1, 32, 32, 3], tf.float32)
     return {"mixed": _convert(mixed, vec, d / "mixed.tflite"), "chain": _convert(chain, vec, d / "chain.tflite"),
             "cnn": _convert(cnn, img, d / "cnn.tflite"), "cnn_fp16": _convert(cnn, img, d / "cnn16.tflite", "fp16"),
-            "cnn_int8": _convert(cnn, img, d / "cnn8.tflite", "int8")}
+            "cnn_int8": _convert(cnn, img, d / "cnn8.tflite", "int8"),
+            "pool_int8": _convert(pooled, big, d / "pool8.tflite", "int8")}
 
 
 def test_partitioning_matches_litert(files):
@@ -121,3 +128,14 @@ def test_int8_mean_with_its_own_output_grid_is_refused(files):
     # int8 convolutions need NNAPI 1.2 (Android 10): before it only float or uint8 inputs
     assert v["levels"]["28"]["refused"].get("CONV_2D: Input should be Float or UINT8") == 1
     assert "CONV_2D" not in " ".join(at30["refused"])
+
+
+def test_from_api_29_the_delegate_targets_devices(files):
+    """With default options (disallow_nnapi_cpu) the delegate targets the phone's NNAPI devices from
+    API 29, which lifts the reference CPU's limit on quantized average-pool windows, and then asks the
+    drivers: the record says so."""
+    v = nnapi_verdict(files["pool_int8"])
+    refused = {lvl: d["refused"].get("AVERAGE_POOL_2D: Large filter window would overflow on the reference CPU path")
+               for lvl, d in v["levels"].items()}
+    assert refused == {"27": 1, "28": 1, "29": None, "30": None}, v["levels"]
+    assert [d["asks_drivers"] for d in v["levels"].values()] == [False, False, True, True]
