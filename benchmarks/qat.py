@@ -74,10 +74,44 @@ def deploy(run: Path, work: Path, use_qat: bool, extra: list[str]) -> tuple[dict
             yt = {s: z[s] for s in ("train", "val")}
             sig = z["significance_train"] if "significance_train" in z.files else None
         record = qat.qat_finetune(cfg, splits, yt, two_head, sig)
+        record["grid_costs"] = grid_costs(cfg, splits, two_head)
     deployed = drop_teacher_head(two_head, cfg.student.keep_head)
     save_model(work / "student.pt", deployed, "deployed", tuple(splits.x["train"].shape[1:]),
                deployed.head.out_features)
     return record, time.perf_counter() - t0
+
+
+def grid_costs(cfg, splits, student) -> dict | None:
+    """Where the int8 error of a QAT'd MLP / CNN student comes from: the clean-test RMSE of its fake-quantized
+    function (``pipeline.qat.FakeQuant``, the ranges the exporters calibrate) with every activation grid, and
+    with each grid alone, over its float RMSE (the weights are already on their int8 grid, so the float twin
+    is the int8-weight model). None for image backbones (``pipeline.qat_graph``)."""
+    import copy
+
+    import torch
+
+    from models import ARCHITECTURES
+    from pipeline import qat
+    from pipeline.metrics import rmse
+
+    if cfg.student.backbone in ARCHITECTURES:
+        return None
+    m, q = copy.deepcopy(student).eval(), cfg.export.int8
+    fq = qat.FakeQuant(m, cfg.student.keep_head, q.float_first_layer, q.float_last_layer)
+    fq.calibrate(qat.calibration_rows(cfg, splits.x["train"], splits.y["train"], splits.task))
+    x, head = torch.as_tensor(np.ascontiguousarray(splits.x["test"]), dtype=torch.float32), int(
+        cfg.student.keep_head != "label")
+
+    def test_rmse(keep: set[int]) -> float:
+        for i, (g, qp) in enumerate(zip(fq.grids, saved)):
+            g.qparams = qp if i in keep else None
+        with torch.no_grad():
+            return rmse(m(x)[head].numpy(), splits.y_clean["test"])
+
+    saved = fq.qparams
+    base = test_rmse(set())
+    return {"fake_quant": test_rmse(set(range(len(saved)))) / base,
+            "alone": [test_rmse({i}) / base for i in range(len(saved))]}
 
 
 def evaluate(run: Path, use_qat: bool, qemu: bool, extra: list[str]) -> dict:
@@ -170,6 +204,12 @@ def full_int(variant: dict, judge: str) -> str:
     return f"{max(got):.3f}" if got else "–"
 
 
+def grids(variant: dict) -> str:
+    """The fake-quantized function / own fp32 with every activation grid; with each alone ("–" if not measured)."""
+    g = (variant.get("qat") or {}).get("grid_costs")
+    return f"{g['fake_quant']:.3f}; " + " · ".join(f"{a:.3f}" for a in g["alone"]) if g else "–"
+
+
 def render(results: list[dict]) -> str:
     machines = {}
     for e in results:
@@ -196,9 +236,14 @@ def render(results: list[dict]) -> str:
              "*full-int / 8-bit input*: the worse full-integer TFLite file after QAT / the QAT'd student's own fp32 "
              "RMSE, divided by that file's `input_rounding` figure (the QAT'd fp32 student on inputs rounded to the "
              "file's 8-bit input grid / on exact inputs): the target is ≤ 1.02.", "",
+             "*fake quant: all grids; each alone* (MLP / CNN students): the QAT'd student's fake-quantized function "
+             "(`pipeline.qat.FakeQuant`, the ranges the exporters calibrate) / its own fp32 RMSE, with every 8-bit "
+             "activation grid, then with each grid alone; its weights are on their int8 grid in both, so this is "
+             "what the activation grids cost. With every grid it matches (within float rounding) the static QDQ "
+             "file's `onnx_int8` after QAT / fp32 after QAT: the file computes the trained function.", "",
              "| data, seed, outliers | judged on | fp32 after QAT | " + " | ".join(INT8)
-             + " | QAT own | full-int / 8-bit input | QAT s |",
-             "|---" * (len(INT8) + 6) + "|"]
+             + " | QAT own | full-int / 8-bit input | fake quant: all grids; each alone | QAT s |",
+             "|---" * (len(INT8) + 7) + "|"]
     results = sorted(results, key=lambda e: (e["data"] != "sinusoid", e["data"], e["outliers"], e["seed"]))
     for e in results:
         base = e["ptq"]["fp32_rmse"]
@@ -212,7 +257,8 @@ def render(results: list[dict]) -> str:
             own = max(v / e["qat"]["fp32_rmse"] for f, v in judged(e["qat"], judge).items() if v and f in INT8[:4])
             lines.append(f"| {e['data']}, {e['seed']}, {e['outliers']:g} | {judge} | "
                          f"{e['qat']['fp32_rmse'] / base:.3f} | " + " | ".join(cells)
-                         + f" | {own:.3f} | {full_int(e['qat'], judge)} | {e['qat']['seconds']:.1f} |")
+                         + f" | {own:.3f} | {full_int(e['qat'], judge)} | {grids(e['qat'])}"
+                         + f" | {e['qat']['seconds']:.1f} |")
     for data in dict.fromkeys(e["data"] for e in results):
         runs = [e for e in results if e["data"] == data]
         cells = []
@@ -224,7 +270,7 @@ def render(results: list[dict]) -> str:
                          if pairs else "–")
         lines.append(f"| {data}: mean of {len(runs)} | exact | "
                      f"{np.mean([e['qat']['fp32_rmse'] / e['ptq']['fp32_rmse'] for e in runs]):.3f} | "
-                     + " | ".join(cells) + f" | | | {np.mean([e['qat']['seconds'] for e in runs]):.1f} |")
+                     + " | ".join(cells) + f" | | | | {np.mean([e['qat']['seconds'] for e in runs]):.1f} |")
     return "\n".join(lines)
 
 

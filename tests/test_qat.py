@@ -153,6 +153,48 @@ def test_the_method_loss_trains_both_heads_and_the_teacher_head_stays_float():
         assert torch.allclose(q, torch.round(q), atol=1e-4)  # deployed path: on the int8 grid
 
 
+def test_the_benchmarks_grid_costs_decompose_the_int8_files_error(tmp_path):
+    """benchmarks/qat.py's last column: with every grid, the fake-quantized student's RMSE over its float
+    RMSE is the static QDQ file's (exact arithmetic) over the same float RMSE; one entry per grid; the
+    student it is given is left as it was."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from qat import grid_costs  # benchmarks/qat.py
+
+    from pipeline.metrics import rmse
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    student = TwoHeadStudent(MLP((1,), [16, 16]), 1).eval()
+    x = {s: rng.uniform(-3, 3, size=(n, 1)).astype(np.float32) for s, n in (("train", 400), ("test", 300))}
+    y_test = np.sin(x["test"]).astype(np.float32)
+    splits = SimpleNamespace(x=x, y={"train": np.sin(x["train"])}, y_clean={"test": y_test}, task="regression")
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)  # fit sin well enough that 8-bit grids show
+    xt, yt = torch.as_tensor(x["train"]), torch.as_tensor(splits.y["train"])
+    for _ in range(400):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(student(xt)[0], yt).backward()
+        opt.step()
+    student.eval()
+    cfg = Config.model_validate({"export": {"int8": {"calibration_samples": 128}}})
+    before = copy.deepcopy(student.state_dict())
+    got = grid_costs(cfg, splits, student)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    fq = qat.FakeQuant(copy.deepcopy(student), "label", True, cfg.export.int8.float_last_layer)
+    assert len(got["alone"]) == len(fq.grids) == 2  # the two hidden ReLU outputs (first and last layer float)
+    fq.remove()  # the float model the exporter sees: weights snapped onto their int8 grid
+    with torch.no_grad():
+        float_rmse = rmse(fq.student(torch.as_tensor(x["test"]))[0].numpy(), y_test)
+    x_cal = qat.calibration_rows(cfg, x["train"], splits.y["train"])
+    path = int8_file(fq.student, x_cal, tmp_path, (1,), last_float=cfg.export.int8.float_last_layer)
+    file_ratio = rmse(exact_qdq(path, x["test"]), y_test) / float_rmse
+    assert file_ratio > 1.0005  # the grids cost something measurable here
+    # equal up to the QDQ file's int32 bias rounding (a step on < 1 % of outputs; see the test above)
+    assert got["fake_quant"] == pytest.approx(file_ratio, rel=1e-2)
+    assert max(got["alone"]) < got["fake_quant"]  # each grid alone costs less than both together
+
+
 def test_unsupported_activation_is_refused():
     student = TwoHeadStudent(MLP((1,), [8], activation="gelu"), 1)
     with pytest.raises(ValueError, match="GELU"):
