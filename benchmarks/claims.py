@@ -55,27 +55,29 @@ def tor_rows() -> list[str]:
             rows.append(_row("Multi-task: the teacher head helps the label head (tor_mt − tor)",
                              f"toy, {p:.0%} gross outliers", paired(errs("tor_mt (selected)", p), errs("tor", p)),
                              "RMSE", "python benchmarks/tor_defaults.py"))
-    for task in ("toy", "digits_rotation"):
+    for task in ("toy", "digits_rotation", "pose"):
         t = _load(f"tor_settings_{task}.json")
         if not t:
             continue
         seeds = t["report_seeds"]
-        unit = "RMSE" + (" (deg)" if task == "digits_rotation" else "")
+        unit = "RMSE" + {"digits_rotation": " (deg)", "pose": " (deg and log2, reduced scale)"}.get(task, "")
 
         def errs(kind, name):
             return [next(r["test_rmse"] for r in t["report"] if (r["kind"], r["name"], r["seed"]) == (kind, name, s))
                     for s in seeds]
         for kind in t["kinds"]:
+            command = f"python benchmarks/tor_settings.py --tasks {task}" + (f" --kinds {kind}" if task == "pose"
+                                                                              else "")
             robust = min(("scratch (huber)", "scratch (l1)"), key=lambda n: np.mean(errs(kind, n)))
             rows.append(_row("TOR beats scratch (tor_mt − scratch)", f"{task}, {kind}",
                              paired(errs(kind, "tor_mt"), errs(kind, "scratch")), unit,
-                             f"python benchmarks/tor_settings.py --tasks {task}"))
+                             command))
             rows.append(_row(f"TOR beats a robust loss (tor_mt − {robust}, the better one)", f"{task}, {kind}",
                              paired(errs(kind, "tor_mt"), errs(kind, robust)), unit,
-                             f"python benchmarks/tor_settings.py --tasks {task}"))
+                             command))
             rows.append(_row("Multi-task: the teacher head helps (tor_mt − tor)", f"{task}, {kind}",
                              paired(errs(kind, "tor_mt"), errs(kind, "tor")), unit,
-                             f"python benchmarks/tor_settings.py --tasks {task}"))
+                             command))
     pose = _load("pose.json")
     if pose and "accuracy" in pose:
         acc = pose["accuracy"]

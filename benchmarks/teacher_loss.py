@@ -1,6 +1,7 @@
 """Which teacher loss the default should be (issue 19), chosen under the benchmark protocol.
 
-    python benchmarks/teacher_loss.py                 # rewrites its section of docs/BENCHMARKS.md
+    python benchmarks/teacher_loss.py --part toy      # selection + toy report; rewrites its section of
+    python benchmarks/teacher_loss.py --part digits   # docs/BENCHMARKS.md from both parts' saved rows
     python benchmarks/teacher_loss.py --report-seeds 0,1 --no-digits --no-write   # a quick look
     python benchmarks/teacher_loss.py --reselect      # rule 3 on more selection cells (its own section)
 
@@ -22,6 +23,7 @@ there (the report seeds of the main run may not re-decide the default).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -37,6 +39,7 @@ TOY = {"sinusoid p=0.2": [], "sinusoid p=0.4": ["data.noise.outlier_fraction=0.4
 DIGITS = {"digits_rotation p=0.2": ["teacher.train.epochs=20"]}
 DIGITS_CONFIG = ROOT / "configs" / "digits_rotation.yaml"
 DIGITS_REPORT_SEEDS = (0, 1, 2)
+PARTS = {"toy": list(TOY), "digits": list(DIGITS), "both": [*TOY, *DIGITS]}
 RESELECT_SEEDS = tuple(range(100, 109))  # the first selection's 100-102 and six more; disjoint from REPORT_SEEDS
 
 
@@ -74,6 +77,20 @@ def _job(setting: str, seed: int, students: bool) -> list[dict]:
         row["seconds"] = time.perf_counter() - t0
         out.append(row)
     return out
+
+
+def with_saved_parts(rows: list[dict], part: str, minutes: float, report_seeds: list[int]) -> tuple[list, dict]:
+    """``rows`` of this run's part plus the saved rows of the other part (same report seeds), and each
+    part's minutes; a run of both parts stands alone."""
+    path = RESULTS / "teacher_loss.json"
+    if part == "both" or not path.exists():
+        return rows, {part: minutes}
+    old = json.loads(path.read_text())
+    if old.get("report_seeds") != report_seeds:
+        return rows, {part: minutes}
+    other = [r for r in old["rows"] if r["setting"] not in PARTS[part]]
+    other_minutes = {p: m for p, m in old.get("minutes", {}).items() if p not in (part, "both")}
+    return other + rows, {**other_minutes, part: minutes}
 
 
 def _errs(rows: list[dict], setting: str, loss: str, seeds, key: str) -> list[float]:
@@ -125,7 +142,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-seeds", default=",".join(map(str, REPORT_SEEDS)))
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--no-digits", action="store_true", help="the toy only")
+    ap.add_argument("--part", choices=list(PARTS), default="both",
+                    help="toy: select and report on the toy; digits: the digits_rotation teachers; one part per run "
+                    "keeps each within 15 min on 2 cores (the section is rendered from both parts' saved rows)")
+    ap.add_argument("--no-digits", action="store_true", help="the same as --part toy")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--reselect", action="store_true", help="re-decide the shipped loss under rule 3 (selection only)")
     args = ap.parse_args()
@@ -133,23 +153,29 @@ def main() -> int:
     if args.reselect:
         return reselect(args.workers, not args.no_write)
     report_seeds = [int(s) for s in args.report_seeds.split(",")]
-    settings = list(TOY) + ([] if args.no_digits else list(DIGITS))
+    part = "toy" if args.no_digits else args.part
     t0 = time.time()
 
-    jobs = [(st, s, st in TOY) for st in settings for s in SELECTION_SEEDS]
-    jobs += [(st, s, st in TOY) for st in settings for s in (report_seeds if st in TOY else DIGITS_REPORT_SEEDS)]
+    jobs = [(st, s, st in TOY) for st in PARTS[part] for s in SELECTION_SEEDS]
+    jobs += [(st, s, st in TOY) for st in PARTS[part] for s in (report_seeds if st in TOY else DIGITS_REPORT_SEEDS)]
     rows = run_jobs(_job, jobs, args.workers, "data draws")
+    rows, minutes = with_saved_parts(rows, part, (time.time() - t0) / 60, report_seeds)
+    settings = [st for st in PARTS["both"] if any(r["setting"] == st for r in rows)]
+    if not set(TOY) <= set(settings):
+        raise SystemExit("teacher_loss.py: the toy settings select; run --part toy first")
     sel = [r for r in rows if r["seed"] in SELECTION_SEEDS]
     rep = [r for r in rows if r["seed"] not in SELECTION_SEEDS]
     score = {(r["setting"], r["loss"], r["seed"]): r["val_score"] for r in sel}
     best, means = select(LOSSES, lambda loss, seed: np.mean([score[(st, loss, seed)] for st in TOY]))
-    elapsed = time.time() - t0
+    elapsed = sum(minutes.values()) * 60
+    regenerate = " and ".join(f"`python benchmarks/teacher_loss.py --part {p}` ({m:.1f} min)"
+                              for p, m in minutes.items())
 
     lines = ["## Teacher loss on noisy labels (issue 19): how the default is chosen", "",
-             f"Regenerate: `python benchmarks/teacher_loss.py` ({elapsed / 60:.1f} min, {args.workers} processes, "
-             f"on {machine()}).", "", describe_seeds(SELECTION_SEEDS, report_seeds)
+             f"Regenerate: {regenerate}, {args.workers} processes, on {machine()}.", "",
+             describe_seeds(SELECTION_SEEDS, report_seeds)
              + (f" digits_rotation: report seeds {list(DIGITS_REPORT_SEEDS)}, teacher only, 20 epochs (for time)."
-                if not args.no_digits else ""), "",
+                if set(DIGITS) & set(settings) else ""), "",
              "**Selection** (noisy-validation MAE, mean over the selection seeds; toy: the tor_mt student "
              "distilled from each teacher, which is what selects; digits: the teacher, for information):", "",
              "| teacher loss | " + " | ".join(settings) + " | toy mean |", "|---" * (len(settings) + 2) + "|"]
@@ -182,7 +208,7 @@ def main() -> int:
     if not args.no_write:
         save_json(RESULTS / "teacher_loss.json",
                   {"rows": rows, "selected": best, "selection_means": means, "paired": summary, "seconds": elapsed,
-                   "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
+                   "minutes": minutes, "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
         write_section("teacher_loss", body)
     return 0
 

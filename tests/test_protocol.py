@@ -100,3 +100,55 @@ def test_validation_score_ignores_how_far_off_the_outlier_rows_are():
     good, worse = np.zeros(200), np.full(200, 0.05)
     assert protocol.validation_score(good, near) == protocol.validation_score(good, far)
     assert protocol.validation_score(good, near) < protocol.validation_score(worse, near)
+
+
+def test_a_task_run_one_kind_of_error_at_a_time_merges_into_one_result(tmp_path):
+    """benchmarks/tor_settings.py --tasks pose --kinds K: each run keeps the kinds the saved result has
+    and it lacks, replaces the kinds it ran, and adds up the runs' minutes; other seeds start afresh."""
+    import json
+
+    import tor_settings
+
+    def run(kinds, minutes, value, report=(0, 1)):
+        return {"kinds": kinds, "minutes": minutes, "report_seeds": list(report), "selection_seeds": [100],
+                "report": [{"kind": k, "seed": s, "v": value} for k in kinds for s in report],
+                "selection": [{"kind": k, "seed": 100, "v": value} for k in kinds],
+                "chosen": {f"pose/{k}": "alpha 0.5" for k in kinds}, "duels": {f"pose/{k}": None for k in kinds}}
+
+    path = tmp_path / "tor_settings_pose.json"
+    for kinds, minutes, value in ((["near"], 10.0, 1), (["gaussian"], 9.0, 2), (["near"], 11.0, 3)):
+        out = tor_settings.merged(path, run(kinds, minutes, value))
+        path.write_text(json.dumps(out))
+    assert out["kinds"] == ["gaussian", "near"]  # in the benchmark's order, each once
+    assert out["minutes"] == pytest.approx(20.0)  # gaussian 9 + the second near run 11
+    assert sorted((r["kind"], r["v"]) for r in out["report"]) == [("gaussian", 2)] * 2 + [("near", 3)] * 2
+    assert set(out["chosen"]) == {"pose/gaussian", "pose/near"}
+    assert "one run per kind" in tor_settings._minutes(out)
+    fresh = tor_settings.merged(path, run(["gross"], 5.0, 4, report=(0, 1, 2)))  # other report seeds
+    assert fresh["kinds"] == ["gross"] and fresh["minutes"] == 5.0
+
+
+def test_teacher_loss_parts_run_apart_and_render_together(tmp_path, monkeypatch):
+    """benchmarks/teacher_loss.py --part toy / --part digits: a part's run keeps the other part's saved
+    rows and minutes (same report seeds), replaces its own, and a saved run of other seeds is ignored."""
+    import json
+
+    import teacher_loss
+
+    monkeypatch.setattr(teacher_loss, "RESULTS", tmp_path)
+
+    def rows(part, v):
+        return [{"setting": st, "seed": 0, "v": v} for st in teacher_loss.PARTS[part]]
+
+    got, minutes = teacher_loss.with_saved_parts(rows("toy", 1), "toy", 9.0, [0])
+    assert minutes == {"toy": 9.0}  # nothing saved yet
+    (tmp_path / "teacher_loss.json").write_text(json.dumps({"rows": got, "minutes": minutes, "report_seeds": [0]}))
+    got, minutes = teacher_loss.with_saved_parts(rows("digits", 2), "digits", 7.0, [0])
+    assert minutes == {"toy": 9.0, "digits": 7.0}
+    assert sorted((r["setting"], r["v"]) for r in got) == sorted(
+        [(st, 1) for st in teacher_loss.TOY] + [(st, 2) for st in teacher_loss.DIGITS])
+    (tmp_path / "teacher_loss.json").write_text(json.dumps({"rows": got, "minutes": minutes, "report_seeds": [0]}))
+    got, minutes = teacher_loss.with_saved_parts(rows("toy", 3), "toy", 8.0, [0])
+    assert minutes == {"digits": 7.0, "toy": 8.0} and {r["v"] for r in got} == {2, 3}
+    got, minutes = teacher_loss.with_saved_parts(rows("toy", 4), "toy", 8.0, [0, 1])  # other report seeds
+    assert minutes == {"toy": 8.0} and {r["v"] for r in got} == {4}
