@@ -2,7 +2,7 @@
 
     python benchmarks/teacher_loss.py --part toy      # selection + toy report; rewrites its section of
     python benchmarks/teacher_loss.py --part digits   # docs/BENCHMARKS.md from both parts' saved rows
-    python benchmarks/teacher_loss.py --report-seeds 0,1 --no-digits --no-write   # a quick look
+    python benchmarks/teacher_loss.py --report-seeds 0,1 --part toy --no-write    # a quick look
     python benchmarks/teacher_loss.py --reselect      # rule 3 on more selection cells (its own section)
 
 For each setting (data x outlier fraction) and seed: one data draw; for each teacher loss (mse, l1,
@@ -145,7 +145,6 @@ def main() -> int:
     ap.add_argument("--part", choices=list(PARTS), default="both",
                     help="toy: select and report on the toy; digits: the digits_rotation teachers; one part per run "
                     "keeps each within 15 min on 2 cores (the section is rendered from both parts' saved rows)")
-    ap.add_argument("--no-digits", action="store_true", help="the same as --part toy")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--reselect", action="store_true", help="re-decide the shipped loss under rule 3 (selection only)")
     args = ap.parse_args()
@@ -153,7 +152,7 @@ def main() -> int:
     if args.reselect:
         return reselect(args.workers, not args.no_write)
     report_seeds = [int(s) for s in args.report_seeds.split(",")]
-    part = "toy" if args.no_digits else args.part
+    part = args.part
     t0 = time.time()
 
     jobs = [(st, s, st in TOY) for st in PARTS[part] for s in SELECTION_SEEDS]
@@ -167,7 +166,6 @@ def main() -> int:
     rep = [r for r in rows if r["seed"] not in SELECTION_SEEDS]
     score = {(r["setting"], r["loss"], r["seed"]): r["val_score"] for r in sel}
     best, means = select(LOSSES, lambda loss, seed: np.mean([score[(st, loss, seed)] for st in TOY]))
-    elapsed = sum(minutes.values()) * 60
     regenerate = " and ".join(f"`python benchmarks/teacher_loss.py --part {p}` ({m:.1f} min)"
                               for p, m in minutes.items())
 
@@ -207,8 +205,8 @@ def main() -> int:
     print(body)
     if not args.no_write:
         save_json(RESULTS / "teacher_loss.json",
-                  {"rows": rows, "selected": best, "selection_means": means, "paired": summary, "seconds": elapsed,
-                   "minutes": minutes, "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
+                  {"rows": rows, "selected": best, "selection_means": means, "paired": summary, "minutes": minutes,
+                   "selection_seeds": list(SELECTION_SEEDS), "report_seeds": report_seeds})
         write_section("teacher_loss", body)
     return 0
 
