@@ -1,7 +1,13 @@
 """Real mobile networks on the pose task (issue 15): paired over seeds, and the shipped configs end to end.
 
-    python benchmarks/pose.py                            # rewrites its section of docs/BENCHMARKS.md
-    python benchmarks/pose.py --seeds 0,1 --no-runs --no-write   # a quick look at the accuracy part
+    python benchmarks/pose.py                     # part 2: the end-to-end runs (15 min), alone on the machine
+    for s in 0 1 2 3 4 5 6 7 8 9; do python benchmarks/pose.py --seeds $s; done   # part 1: 9-11 min per seed
+    python benchmarks/pose.py --seeds 0 --no-write   # a quick look at one seed
+    python benchmarks/pose.py --render            # no training: the section from the saved results
+
+Each run rewrites its section of docs/BENCHMARKS.md from everything saved so far: a run of ``--seeds``
+replaces those seeds' rows (for its ``--students``) and keeps the others, so the report grows one seed
+per run (a seed of both students takes 9-11 min on 2 cores; all ten in one run would take 90).
 
 1. **Accuracy over seeds.** For each report seed: one data draw of configs/pose_mobilenet.yaml
    (real LFW face crops rolled and scaled by known amounts, 20 % gross outlier labels, split by
@@ -9,8 +15,9 @@
    config (MobileNetV3-Small 0.5: configs/pose_mobilenet.yaml; MobileNetV2 0.35:
    configs/pose_mobilenet_v2.yaml). Runs of one seed share the data and the teacher; each
    output's test RMSE is against the clean labels, in its unit; comparisons are paired by seed
-   (benchmarks/protocol.py). Nothing is selected here: the configs' settings were fixed before
-   this benchmark ran, and the report seeds are the protocol's (never the selection seeds).
+   (benchmarks/protocol.py) over the seeds every student has all rows of. Nothing is selected here:
+   the configs' settings were fixed before this benchmark ran, and the report seeds are the
+   protocol's (never the selection seeds).
 2. **The shipped configs end to end** (``python -m pipeline run --config ...`` in a child process,
    run alone, log to a file): wall time, the int8 files' RMSE against the fp32 student on the
    qemu-aarch64 outputs, fp32 parity, XNNPACK delegation and the NNAPI delegate's verdict of every
@@ -20,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +43,7 @@ from protocol import REPORT_SEEDS, describe_seeds, paired
 STUDENTS = {"mobilenet_v3_small 0.5": ROOT / "configs" / "pose_mobilenet.yaml",
             "mobilenet_v2 0.35": ROOT / "configs" / "pose_mobilenet_v2.yaml"}
 METHODS = ("scratch", "tor", "tor_mt")
+TRAINING = ("data", "teacher", "distill", "student")  # the config sections a row's numbers depend on
 RESULTS_FILE = RESULTS / "pose.json"
 TARGET_RATIO = 0.8  # issue 15: tor_mt RMSE <= 0.8 x scratch, per output
 INT8_TARGET = 1.03
@@ -85,12 +94,54 @@ def _per_output(pred: np.ndarray, splits) -> dict:
                      for i, name in enumerate(splits.output_names)}}
 
 
-def accuracy(seeds: list[int], workers: int, students: list[str]) -> dict:
+def accuracy(seeds: list[int], workers: int, students: list[str]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="pocketkd-pose-bench-") as cache:
         rows = run_jobs(_teacher, [(s, cache) for s in seeds], workers, "teachers")
         jobs = [(s, st, m, cache) for st in students for m in METHODS for s in seeds]
         rows += run_jobs(_student, jobs, workers, "students")
-    return {"seeds": seeds, "rows": rows}
+    return rows
+
+
+def config_digests() -> dict[str, str]:
+    """Each student config's training sections (data, teacher, distill, student; the seed aside) and the
+    pipeline's version, hashed: saved rows of a config that changed since are dropped."""
+    from pipeline.config import load_config
+    from pipeline.version import __version__
+
+    return {st: hashlib.sha256(f"{__version__}:{load_config(path, ['seed=0']).section_hash(*TRAINING)}".encode())
+            .hexdigest()[:12] for st, path in STUDENTS.items()}
+
+
+def merge_accuracy(old: dict | None, rows: list[dict], run: dict, digests: dict[str, str]) -> dict:
+    """The saved accuracy part with one more run: its rows replace the saved rows of the same seed and
+    ``what`` (the teacher rows come from the first student's config), saved rows of a config whose digest
+    changed are dropped, and ``seeds`` lists the seeds with a teacher row and every student x method row."""
+    teacher_digest = digests[next(iter(STUDENTS))]
+
+    def current(r: dict) -> bool:
+        return r.get("config") == (digests.get(r["student"]) if "student" in r else teacher_digest)
+
+    for r in rows:
+        r["config"] = digests[r["student"]] if "student" in r else teacher_digest
+    new = {(r["seed"], r["what"]) for r in rows}
+    kept = [r for r in (old or {}).get("rows", []) if current(r) and (r["seed"], r["what"]) not in new]
+    merged = sorted(kept + rows, key=lambda r: (r["seed"], r["what"] != "teacher", r["what"]))
+    have = {(r["seed"], r["what"]) for r in merged}
+    needed = ["teacher"] + [f"{st} {m}" for st in STUDENTS for m in METHODS]
+    seeds = sorted({s for s, _ in have if all((s, w) in have for w in needed)})
+    runs = [r for r in (old or {}).get("runs", []) if not (set(r["seeds"]) <= set(run["seeds"])
+                                                            and set(r["students"]) <= set(run["students"]))]
+    return {"seeds": seeds, "rows": merged, "runs": runs + [run]}
+
+
+def runs_note(acc: dict) -> str:
+    """Where the rows come from: the runs that made them (seeds, students, minutes, machine)."""
+    machines = sorted({r["machine"] for r in acc["runs"]})
+    parts = [f"seeds {','.join(map(str, r['seeds']))}"
+             + ("" if set(r["students"]) == set(STUDENTS) else f" ({', '.join(r['students'])})")
+             + f" {r['minutes']:.1f} min" for r in acc["runs"]]
+    return (f"{len(acc['runs'])} runs, {acc['runs'][0]['workers']} processes each: " + "; ".join(parts)
+            + "; on " + " / ".join(machines))
 
 
 def _errs(rows: list[dict], what: str, output: str, seeds: list[int]) -> list[float]:
@@ -182,47 +233,48 @@ def end_to_end_lines(runs: list[dict]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS[:5])))
+    ap.add_argument("--seeds", help="part 1 instead of the end-to-end runs: train these report seeds (comma-"
+                    "separated; their rows replace those seeds' saved rows; one seed takes 9-11 min on 2 cores)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--no-runs", action="store_true", help="skip the end-to-end runs of the shipped configs")
-    ap.add_argument("--no-accuracy", action="store_true", help="the end-to-end runs only (earlier seeds kept)")
+    ap.add_argument("--render", action="store_true", help="no training: rewrite the section from the saved results")
     ap.add_argument("--students", default=",".join(STUDENTS),
                     help="re-run these students (their seeds and their config's end-to-end run) only; the other "
-                         "students' results are kept from the saved file (same seeds; teachers are trained again)")
+                         "students' rows are kept from the saved file (the teachers of --seeds are trained again)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else []
+    except ValueError:
+        ap.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
     students = args.students.split(",")
     if unknown := set(students) - set(STUDENTS):
         ap.error(f"--students: unknown {sorted(unknown)}; allowed: {', '.join(STUDENTS)}")
     saved = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
-    t0 = time.time()
-    if not args.no_runs:  # first, alone on the machine: their wall time is a result
+    if not (args.render or seeds):  # alone on the machine: their wall time is a result
         with tempfile.TemporaryDirectory(prefix="pocketkd-pose-runs-") as work:
             fresh = [end_to_end(STUDENTS[st], Path(work)) for st in students]
         configs = {r["config"] for r in fresh}
         saved["runs"] = fresh + [r for r in saved.get("runs", []) if r["config"] not in configs]
         saved["runs_machine"] = machine() + ("" if set(students) == set(STUDENTS) else
                                              f" ({', '.join(students)} re-run; the other kept)")
-    if not args.no_accuracy:
-        res = accuracy(seeds, args.workers, students)
-        note = f"{machine()}; {args.workers} processes, {(time.time() - t0) / 60:.0f} min"
-        if set(students) != set(STUDENTS):
-            old = saved.get("accuracy")
-            if not old or old["seeds"] != seeds:
-                ap.error("--students: the other students' rows must exist for the same --seeds in " + str(RESULTS_FILE))
-            res["rows"] += [r for r in old["rows"] if r.get("student") and r["student"] not in students]
-            note = (f"{', '.join(students)} and the teachers re-run on {note}; the other students' rows kept "
-                    f"from {saved['accuracy_machine']}")
-        saved["accuracy"], saved["accuracy_machine"] = res, note
-    if not args.no_write:
+    if seeds and not args.render:
+        if unknown := set(seeds) - set(REPORT_SEEDS):
+            ap.error(f"--seeds: {sorted(unknown)} are not report seeds; allowed: {list(REPORT_SEEDS)}")
+        t1 = time.time()
+        rows = accuracy(seeds, args.workers, students)
+        run = {"seeds": seeds, "students": students, "minutes": round((time.time() - t1) / 60, 1),
+               "workers": args.workers, "machine": machine()}
+        saved["accuracy"] = merge_accuracy(saved.get("accuracy"), rows, run, config_digests())
+        saved.pop("accuracy_machine", None)
+    if not (args.no_write or args.render):
         save_json(RESULTS_FILE, saved)
     lines = ["## Real mobile networks on the pose task (issue 15)", "",
-             "Regenerate: `python benchmarks/pose.py` (the end-to-end runs first, alone on the machine, then the "
-             "seeds in parallel processes; `--no-runs` / `--no-accuracy` for one part).", ""]
-    if "accuracy" in saved:
-        lines += [f"### tor_mt, tor and scratch over seeds (on {saved['accuracy_machine']})", "",
+             "Regenerate: `python benchmarks/pose.py --seeds S` for S in 0 … 9 (one seed per run, 9–11 min; each "
+             "run keeps the other seeds' saved rows and rewrites this section), and `python benchmarks/pose.py` "
+             "(the end-to-end runs, alone on the machine, 15 min).", ""]
+    if saved.get("accuracy", {}).get("seeds"):
+        lines += [f"### tor_mt, tor and scratch over seeds ({runs_note(saved['accuracy'])})", "",
                   *accuracy_lines(saved["accuracy"]), ""]
     if "runs" in saved:
         lines += [f"### The shipped pose configs end to end (on {saved['runs_machine']})", "",

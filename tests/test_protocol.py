@@ -128,6 +128,50 @@ def test_a_task_run_one_kind_of_error_at_a_time_merges_into_one_result(tmp_path)
     assert fresh["kinds"] == ["gross"] and fresh["minutes"] == 5.0
 
 
+def test_pose_seeds_run_one_at_a_time_and_report_the_complete_ones():
+    """benchmarks/pose.py --seeds S: a run replaces its seeds' rows and keeps the others; the
+    report covers the seeds every student x method has a row of; rows of a changed config are dropped."""
+    import pose
+
+    digests = {st: f"cfg-{i}" for i, st in enumerate(pose.STUDENTS)}
+
+    def rows(seeds, students, value):
+        out = [{"seed": s, "what": "teacher", "v": value} for s in seeds]
+        return out + [{"seed": s, "what": f"{st} {m}", "student": st, "method": m, "v": value}
+                      for s in seeds for st in students for m in pose.METHODS]
+
+    def run(seeds, students, minutes):
+        return {"seeds": seeds, "students": students, "minutes": minutes, "workers": 2, "machine": "m"}
+
+    both, first = list(pose.STUDENTS), list(pose.STUDENTS)[:1]
+    acc = pose.merge_accuracy(None, rows([0, 1], both, 1), run([0, 1], both, 15.0), digests)
+    assert acc["seeds"] == [0, 1]
+    acc = pose.merge_accuracy(acc, rows([2], first, 2), run([2], first, 5.0), digests)
+    assert acc["seeds"] == [0, 1]  # seed 2 lacks the second student's rows
+    acc = pose.merge_accuracy(acc, rows([1], both, 3), run([1], both, 9.0), digests)
+    assert acc["seeds"] == [0, 1] and len(acc["rows"]) == 2 * (1 + len(both) * 3) + 1 + 3
+    assert {r["v"] for r in acc["rows"] if r["seed"] == 1} == {3}  # replaced, not duplicated
+    assert {r["v"] for r in acc["rows"] if r["seed"] == 0} == {1}  # kept
+    assert [r["minutes"] for r in acc["runs"]] == [15.0, 5.0, 9.0]
+    note = pose.runs_note(acc)
+    assert "3 runs" in note and "seeds 2 (" in note and "seeds 1 9.0 min" in note
+    changed = {**digests, both[1]: "cfg-new"}  # the second student's config changed: its old rows go
+    acc = pose.merge_accuracy(acc, rows([2], both[1:], 4), run([2], both[1:], 4.0), changed)
+    assert acc["seeds"] == [2]
+    assert all(r["config"] == "cfg-new" for r in acc["rows"] if r.get("student") == both[1])
+
+
+@pytest.mark.parametrize("seeds, says", [("a,1", "not a comma-separated list of integers"),
+                                         ("42", "are not report seeds")])
+def test_pose_benchmark_refuses_a_bad_seed_in_one_line(seeds, says):
+    import subprocess
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "pose.py"
+    r = subprocess.run([sys.executable, str(bench), "--seeds", seeds, "--no-write"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
 def test_teacher_loss_parts_run_apart_and_render_together(tmp_path, monkeypatch):
     """benchmarks/teacher_loss.py --part toy / --part digits: a part's run keeps the other part's saved
     rows and minutes (same report seeds), replaces its own, and a saved run of other seeds is ignored."""
