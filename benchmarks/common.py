@@ -125,6 +125,13 @@ def save_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 
 
+def replace_rows(saved: list[dict], fresh: list[dict], key) -> list[dict]:
+    """The rows of a benchmark run over part of its grid (one task's kinds, one part, some seeds) merged
+    into the saved ones: ``saved`` rows whose ``key(row)`` no ``fresh`` row has, then ``fresh``."""
+    ran = {key(r) for r in fresh}
+    return [r for r in saved if key(r) not in ran] + fresh
+
+
 def set_args(overrides: dict) -> list[str]:
     """``--set key=value`` arguments of ``python -m pipeline run`` (values as JSON)."""
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]

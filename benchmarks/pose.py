@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, machine, pipeline_run, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, pipeline_run, replace_rows, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, describe_seeds, paired
 
 STUDENTS = {"mobilenet_v3_small 0.5": ROOT / "configs" / "pose_mobilenet.yaml",
@@ -121,11 +121,10 @@ def merge_accuracy(old: dict | None, rows: list[dict], run: dict, digests: dict[
     def current(r: dict) -> bool:
         return r.get("config") == (digests.get(r["student"]) if "student" in r else teacher_digest)
 
-    for r in rows:
-        r["config"] = digests[r["student"]] if "student" in r else teacher_digest
-    new = {(r["seed"], r["what"]) for r in rows}
-    kept = [r for r in (old or {}).get("rows", []) if current(r) and (r["seed"], r["what"]) not in new]
-    merged = sorted(kept + rows, key=lambda r: (r["seed"], r["what"] != "teacher", r["what"]))
+    rows = [{**r, "config": digests[r["student"]] if "student" in r else teacher_digest} for r in rows]
+    kept = [r for r in (old or {}).get("rows", []) if current(r)]
+    merged = sorted(replace_rows(kept, rows, lambda r: (r["seed"], r["what"])),
+                    key=lambda r: (r["seed"], r["what"] != "teacher", r["what"]))
     have = {(r["seed"], r["what"]) for r in merged}
     needed = ["teacher"] + [f"{st} {m}" for st in STUDENTS for m in METHODS]
     seeds = sorted({s for s, _ in have if all((s, w) in have for w in needed)})

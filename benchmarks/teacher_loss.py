@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from common import RESULTS, ROOT, machine, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, replace_rows, run_jobs, save_json, write_section
 from protocol import REPORT_SEEDS, SELECTION_SEEDS, describe_seeds, paired, select, validation_score
 
 LOSSES = ("mse", "l1", "huber")
@@ -88,9 +88,8 @@ def with_saved_parts(rows: list[dict], part: str, minutes: float, report_seeds: 
     old = json.loads(path.read_text())
     if old.get("report_seeds") != report_seeds:
         return rows, {part: minutes}
-    other = [r for r in old["rows"] if r["setting"] not in PARTS[part]]
     other_minutes = {p: m for p, m in old.get("minutes", {}).items() if p not in (part, "both")}
-    return other + rows, {**other_minutes, part: minutes}
+    return replace_rows(old["rows"], rows, lambda r: r["setting"]), {**other_minutes, part: minutes}
 
 
 def _errs(rows: list[dict], setting: str, loss: str, seeds, key: str) -> list[float]:

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from common import RESULTS, ROOT, machine, protocol_arguments, run_jobs, save_json, write_section
+from common import RESULTS, ROOT, machine, protocol_arguments, replace_rows, run_jobs, save_json, write_section
 from protocol import SELECTION_SEEDS, challenge, describe_seeds, paired, select, validation_score
 
 TASKS = {  # config, overrides (for time), label half-range (for the outlier ranges), unit
@@ -153,8 +153,8 @@ def merged(path, out: dict) -> dict:
             if not set(r["kinds"]) & set(out["kinds"])] + [{"kinds": out["kinds"], "minutes": out["minutes"]}]
     return {**out, "kinds": [k for k in NOISE if k in keep or k in out["kinds"]], "runs": runs,
             "minutes": sum(r["minutes"] for r in runs),
-            "report": [r for r in old["report"] if r["kind"] in keep] + out["report"],
-            "selection": [r for r in old["selection"] if r["kind"] in keep] + out["selection"],
+            "report": replace_rows(old["report"], out["report"], lambda r: r["kind"]),
+            "selection": replace_rows(old["selection"], out["selection"], lambda r: r["kind"]),
             "chosen": {**{c: v for c, v in old["chosen"].items() if c.split("/")[1] in keep}, **out["chosen"]},
             "duels": {**{c: v for c, v in old["duels"].items() if c.split("/")[1] in keep}, **out["duels"]}}
 
@@ -163,8 +163,8 @@ def render(outs: list[dict]) -> str:
     """The section from one result per task (each run of ``--tasks T`` saves its own)."""
     lines = ["## TOR under several kinds of annotation error (issue 18)", "",
              "Regenerate, one benchmark per task: `python benchmarks/tor_settings.py --tasks toy`, `--tasks "
-             "digits_rotation`; the pose task one kind of error per run, `--tasks pose --kinds K` for K in gaussian, near, "
-             "gross; raw numbers in "
+             "digits_rotation`; the pose task one kind of error per run, `--tasks pose --kinds K` for K in "
+             "gaussian, near, gross; raw numbers in "
              "`benchmarks/results/tor_settings_<task>.json`. "
              + "; ".join(f"{', '.join(o['tasks'])}: {_minutes(o)}, {o['workers']} processes, on "
                          f"{o['machine']}" for o in outs) + ".", "",
