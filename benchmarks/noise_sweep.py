@@ -1,6 +1,6 @@
 """Noise sweep: test RMSE of students trained with each method as the outlier fraction grows.
 
-    python benchmarks/noise_sweep.py                      # full sweep, rewrites its section of docs/BENCHMARKS.md
+    python benchmarks/noise_sweep.py                      # full sweep (the 10 report seeds), rewrites its section
     python benchmarks/noise_sweep.py --fractions 0.2 --seeds 0 --no-write   # a quick look
     python benchmarks/noise_sweep.py --fractions 0,0.1,0.2 --json a.json --no-write &   # on two cores:
     python benchmarks/noise_sweep.py --fractions 0.3,0.4 --json b.json --no-write; wait
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from common import RESULTS, machine, mean_std, save_json, student_rmse, teacher_and_targets, write_section
 from pipeline.config import load_config
+from protocol import REPORT_SEEDS
 
 METHODS = ["scratch", "kd", "tor", "tor_mt"]
 
@@ -34,7 +35,8 @@ METHODS = ["scratch", "kd", "tor", "tor_mt"]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fractions", default="0,0.1,0.2,0.3,0.4")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)),
+                    help="comma-separated (default: the report seeds)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--config", help="base config (default: the shipped default)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])

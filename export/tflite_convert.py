@@ -69,6 +69,10 @@ def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None,
         copy_onnx_input_output_names_to_tflite=True,
         output_dynamic_range_quantized_tflite="dynamic_range" in variants,
         output_signaturedefs=integer,  # the saved model the int8 converter reads, named as for -oiqt
+        # the ONNX files are simplified already (export.simplify); onnx2tf's own onnxsim pass runs the
+        # `onnxsim` command 4 times in subprocesses when it is on PATH (~12 s a conversion, and a file
+        # that depended on whether a venv was activated) and is skipped silently when it is not
+        not_use_onnxsim=True,
         non_verbose=True,
     )
     stem = copy.stem

@@ -2,6 +2,7 @@
 entries, races), the converter child, and the export stage run twice with only export.limits changed."""
 
 import json
+import os
 import threading
 import time
 
@@ -172,6 +173,21 @@ def test_a_damaged_conversion_is_made_again_by_the_same_child(tmp_path, monkeypa
     assert cc.STATS["hits"] == hits + 1 and converter.STARTS == starts + 1
     assert np.array_equal(np.frombuffer((tmp_path / "d" / "tiny_int8.tflite").read_bytes(), np.uint8),
                           np.frombuffer(reference["int8"], np.uint8))
+
+
+def test_a_conversion_does_not_depend_on_an_onnxsim_command_on_path(tmp_path, monkeypatch):
+    """onnx2tf runs the `onnxsim` command in subprocesses when it finds one on PATH (~12 s a conversion,
+    and otherwise skips it silently); pocketkd hands it simplified graphs and turns that pass off."""
+    monkeypatch.setenv("POCKETKD_CONVERSION_CACHE", "off")  # really convert
+    bindir, called = tmp_path / "bin", tmp_path / "onnxsim-was-run"
+    bindir.mkdir()
+    (bindir / "onnxsim").write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    (bindir / "onnxsim").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    src, x = _tiny_onnx(tmp_path)
+    made = onnx_to_tflite(src, tmp_path / "out", "tiny", ("fp32",), x)
+    assert made["fp32"].stat().st_size > 0
+    assert not called.exists()
 
 
 def test_an_error_in_the_session_ends_the_child_at_once(tmp_path, monkeypatch):

@@ -18,3 +18,20 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     assert block and "pytest" in block.group(1)
     assert "python -m pipeline run" in readme
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_states_the_default_models_sizes():
+    """The README's parameter counts are those of the networks the shipped default builds, and the
+    default student fits the config's own size limit."""
+    from pipeline.checkpoints import build_deployed, build_student, build_teacher
+    from pipeline.config import load_config
+
+    cfg = load_config()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    teacher, student, deployed = (count(build(cfg, (1,), 1)) for build in (build_teacher, build_student,
+                                                                             build_deployed))
+    readme = (ROOT / "README.md").read_text()
+    assert f"({teacher:,} parameters)" in readme
+    assert f"({student:,} parameters: 1/{round(teacher / student)} of the teacher" in readme
+    assert f"({deployed:,} parameters)" in readme
+    assert student <= cfg.student.max_param_ratio * teacher

@@ -62,7 +62,7 @@ class TeacherConfig(Strict):
 class StudentConfig(Strict):
     backbone: BackboneName = Field("mlp", description="backbone family of the shared student backbone")
     width_mult: float = Field(1.0, gt=0, le=4, description="width multiplier of resnet / mobilenet / efficientnet")
-    hidden: list[int] = Field([64, 64], description="widths of the shared fully connected layers (may be empty for "
+    hidden: list[int] = Field([128, 128], description="widths of the shared fully connected layers (may be empty for "
                               "resnet / mobilenet / efficientnet: their pooled features feed the heads)")
     channels: list[int] = Field([8, 16], description="conv channels per block (cnn backbone only)")
     activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="hidden activation")
