@@ -19,7 +19,6 @@ from protocol import paired
 POSE_COMMAND = "python benchmarks/pose.py --seeds S"  # one run per report seed S
 
 
-
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None

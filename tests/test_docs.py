@@ -1,4 +1,5 @@
-"""The docs that are generated or executed stay true: the config reference and the README commands."""
+"""The docs that are generated or executed stay true: the config reference, the README commands and the
+README's model sizes."""
 
 import re
 
