@@ -108,7 +108,7 @@ def _convert_tflite(job: ExportJob) -> dict[str, Path]:
                                       job.tflite_variants, calib)
     q = job.cfg.int8
     return onnx_to_tflite(_base_onnx(job), job.out_dir, job.stem, job.tflite_variants, calib, prepare=q.prepare,
-                          float_ops=tuple(q.float_ops), float_last=q.float_last_layer)
+                          float_ops=tuple(q.float_ops), float_last=q.float_last_layer, output_grid=q.output_grid)
 
 
 def prefetch_tflite(job: ExportJob, names: list[str]) -> None:

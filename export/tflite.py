@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from export import conversion_cache as cc
-from export import converter, quantize, tflite_convert
+from export import converter, quantize, tflite_convert, tflite_output_grid
 from pipeline.io import atomic_copy, sha256_file
 from pipeline.procs import temp_dir
 
@@ -42,13 +42,15 @@ def onnx_to_tflite(
     prepare: bool = True,
     float_ops: tuple[str, ...] = (),
     float_last: bool = False,
+    output_grid: str = "minmax",
 ) -> dict[str, Path]:
     """Convert ``src``; returns {variant: path} for the files written into ``out_dir`` as
     ``{stem}_{variant}.tflite``. Full-integer variants need ``calib_nhwc``: representative
     model-ready inputs in TFLite's layout (NHWC for images). ``prepare``: the quantized variants of
     an MLP (Gemm/Relu chain) are converted from a copy prepared by ``export.quantize.prepare_for_int8``
     with ``calib_nhwc`` (the fp32 and fp16 files always come from ``src`` itself). ``float_ops`` /
-    ``float_last``: what the float-I/O int8 file keeps in float (``export.tflite_convert``).
+    ``float_last``: what the float-I/O int8 file keeps in float (``export.tflite_convert``);
+    ``output_grid``: "mse" chooses the full-integer files' output grid by error (``export.tflite_output_grid``).
 
     Uses the current converter child (``export.converter.session``) or starts one for this call;
     a conversion already in the cache starts none."""
@@ -71,14 +73,18 @@ def onnx_to_tflite(
         options = {"variants": sorted(variants), "prepare": bool(prepare and quant)}
         if "int8" in variants and (float_ops or float_last):  # (absent otherwise: earlier keys stay valid)
             options.update(float_ops=sorted(float_ops), float_last=bool(float_last))
+        if {"int8", "int8_io"} & set(variants) and output_grid != "minmax":
+            options["output_grid"] = output_grid
         key, parts = cc.make_key("onnx2tf", inputs, options,
-                                 cc.versions(*TOOLS), cc.source_hash(tflite_convert, quantize, __file__))
+                                 cc.versions(*TOOLS), cc.source_hash(tflite_convert, tflite_output_grid, quantize,
+                                                                        __file__))
         cache = cc.ConversionCache()
         if cache.fetch(key, {f"{v}.tflite": p for v, p in dest.items()}) is not None:
             log.debug("tflite %s %s: from the conversion cache", stem, ",".join(variants))
             return dest
         with converter.session(timeout) as conv:
-            made = _convert(conv, bare, tmp, variants, calib, prepare, tuple(float_ops), bool(float_last))
+            made = _convert(conv, bare, tmp, variants, calib, prepare, tuple(float_ops), bool(float_last),
+                            output_grid)
         for v in variants:
             atomic_copy(made[v], dest[v])
         cache.store(key, parts, {f"{v}.tflite": made[v] for v in variants})
@@ -95,7 +101,8 @@ def _without_metadata(src: Path, dst: Path) -> Path:
 
 
 def _convert(conv: converter.Converter, src: Path, tmp: Path, variants: tuple[str, ...], calib: np.ndarray | None,
-             prepare: bool, float_ops: tuple[str, ...] = (), float_last: bool = False) -> dict[str, Path]:
+             prepare: bool, float_ops: tuple[str, ...] = (), float_last: bool = False,
+             output_grid: str = "minmax") -> dict[str, Path]:
     """One child request per distinct source: ``src`` and, for the quantized variants of a graph
     that ``prepare_for_int8`` handles, its prepared copy."""
     sources = {v: src for v in variants}
@@ -118,7 +125,7 @@ def _convert(conv: converter.Converter, src: Path, tmp: Path, variants: tuple[st
         try:
             files = conv.request("onnx2tf", src=str(source), out_dir=str(run_dir), variants=group,
                                  calib_path=str(calib_path) if integer else None, float_ops=list(float_ops),
-                                 float_last=float_last)
+                                 float_last=float_last, output_grid=output_grid)
         except converter.ConverterError as exc:
             raise RuntimeError(f"onnx2tf failed on {src.name}: {exc}") from None
         made.update({v: Path(p) for v, p in files.items()})

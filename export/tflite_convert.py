@@ -46,10 +46,11 @@ INTEGER = {"int8", "int8_io"}
 
 
 def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None, float_ops: list[str] = (),
-            float_last: bool = False) -> dict[str, str]:
+            float_last: bool = False, output_grid: str = "minmax") -> dict[str, str]:
     """Write the ``variants`` of ``src`` into ``out_dir`` as ``<stem>_<suffix>.tflite``; returns
     {variant: path}. ``calib_path``: an .npy of representative inputs (TFLite layout), needed by
-    the full-integer variants; ``float_ops`` / ``float_last``: what the ``int8`` file keeps float."""
+    the full-integer variants; ``float_ops`` / ``float_last``: what the ``int8`` file keeps float;
+    ``output_grid``: "mse" chooses the full-integer output grid by error (``export.tflite_output_grid``)."""
     import onnx2tf
     import tf_keras
 
@@ -77,7 +78,8 @@ def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None,
     )
     stem = copy.stem
     if integer:
-        _integer(out, stem, variants, np.load(calib_path), _onnx_io(copy), tuple(float_ops), bool(float_last))
+        _integer(out, stem, variants, np.load(calib_path), _onnx_io(copy), tuple(float_ops), bool(float_last),
+                 output_grid)
     made = {}
     for v in variants:
         path = out / f"{stem}_{SUFFIX[v]}.tflite"
@@ -89,16 +91,21 @@ def convert(src: str, out_dir: str, variants: list[str], calib_path: str | None,
 
 
 def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: dict, float_ops: tuple[str, ...] = (),
-             float_last: bool = False) -> None:
+             float_last: bool = False, output_grid: str = "minmax") -> None:
     """onnx2tf's full-integer conversion (its converter settings and representative data: the
     calibration rows in order, in batches of the model's batch size, normalised with mean 0 and
-    std 1), calibrated once; the int8-I/O file from it by an interface change; the float-I/O int8
-    file from it, or, when something is kept float, by a selective quantization of the same data."""
+    std 1), calibrated once, its output grid then chosen by error when ``output_grid`` is "mse"; the
+    int8-I/O file from it by an interface change; the float-I/O int8 file from it, or, when something
+    is kept float, by a selective quantization of the same data."""
     import tensorflow as tf
     from onnx2tf.utils.common_functions import rewrite_tflite_inout_opname
     from tensorflow.lite.python.util import modify_model_io_type
 
+    from export import tflite_output_grid
+
     full = _int8_converter(out, calib).convert()
+    if output_grid == "mse":
+        full, _ = tflite_output_grid.choose(full, (out / f"{stem}_{SUFFIX['fp32']}.tflite").read_bytes(), calib)
     files = {"int8": full}
     if "int8_io" in variants:
         files["int8_io"] = _tidy(modify_model_io_type(full, tf.int8, tf.int8), full)

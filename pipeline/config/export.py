@@ -32,6 +32,13 @@ class Int8Config(Strict):
         "different units share one grid otherwise), its input stays on the previous layer's 8-bit grid. Only while "
         "another layer stays int8; the int8-I/O TFLite file stays full-integer"
     )
+    output_grid: Literal["mse", "minmax"] = Field(
+        "mse", description="full-integer TFLite (onnx2tf): the int8 output tensor's grid. minmax: the range the "
+        "converter calibrated; mse: that range or a wider (up to +10 %) / narrower (down to -2.5 %) one, whichever "
+        "puts the file's outputs closest to the fp32 file's on the calibration rows (export/tflite_output_grid.py; "
+        "toy int8-I/O files, selection seeds: worst 1.023x -> 1.013x of their 8-bit-input figure). Only where a "
+        "FULLY_CONNECTED layer makes the output"
+    )
     float_ops: list[TFLiteFloatOp] = Field(
         ["MUL", "MEAN"], description="float-I/O int8 TFLite: op types kept in float (selective quantization); "
         "MUL: MobileNetV3's hard-swish and squeeze-excite products, whose int8 rounding compounds over ~60 Muls "
