@@ -38,17 +38,22 @@ SCRIPT = """
 import json, sys
 import numpy as np
 from device_bench.runner import load_model, predict_all
+from export.int8_arith import exact_outputs
 out = {}
 for arg in sys.argv[1:]:
-    path, x = arg.split("=", 1)
-    out[path] = predict_all(load_model(path, threads=1), np.load(x)).tolist()
+    path, x, exact = arg.split("=", 2)
+    x = np.load(x)
+    out[path] = {"kernels": predict_all(load_model(path, threads=1), x).tolist(),
+                 "exact": exact_outputs(exact, x).tolist() if exact else None}
 print(json.dumps(out))
 """
 
 
-def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[str, np.ndarray], float] | None:
-    """Each file's outputs on ``x`` and the saturation probe's output, from this host's onnxruntime and
-    LiteRT under ``qemu-x86_64 -cpu Haswell``; None without qemu-x86_64 or off x86_64."""
+def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[Path, dict], float] | None:
+    """Under ``qemu-x86_64 -cpu Haswell``: each file's outputs on ``x`` from this host's onnxruntime /
+    LiteRT kernels, and for onnxruntime files the export's own check there (the exact int8 arithmetic of
+    the .onnx file, for an .ort file of the .onnx it came from); the saturation probe's output. None
+    without qemu-x86_64 or off x86_64."""
     from export.int8_arith import int8_probe_model, probe_input
 
     qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
@@ -59,7 +64,7 @@ def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[str, np.nda
         np.save(d / "x.npy", x.astype(np.float32))
         np.save(d / "probe_x.npy", probe_input())
         probe = int8_probe_model(d / "probe.onnx")
-        args = [f"{f}={d / 'x.npy'}" for f in files] + [f"{probe}={d / 'probe_x.npy'}"]
+        args = [f"{f}={d / 'x.npy'}={_exact_source(f)}" for f in files] + [f"{probe}={d / 'probe_x.npy'}="]
         root = Path(__file__).resolve().parent.parent
         proc = subprocess.run([qemu, "-cpu", EMULATED_CPU, sys.executable, "-c", SCRIPT, *args],
                               capture_output=True, text=True, timeout=3600,
@@ -67,7 +72,15 @@ def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[str, np.nda
         if proc.returncode != 0:
             raise RuntimeError(f"qemu-x86_64 -cpu {EMULATED_CPU} failed: {proc.stderr[-1500:]}")
         out = json.loads(proc.stdout.strip().splitlines()[-1])
-        return {f: np.asarray(out[str(f)], np.float32) for f in files}, float(np.asarray(out[str(probe)]).ravel()[0])
+        res = {f: {k: None if v is None else np.asarray(v, np.float32) for k, v in out[str(f)].items()} for f in files}
+        return res, float(np.asarray(out[str(probe)]["kernels"]).ravel()[0])
+
+
+def _exact_source(f: Path) -> str:
+    """The .onnx whose exact arithmetic the export judges ``f`` by ("" for a .tflite file)."""
+    if f.suffix == ".tflite":
+        return ""
+    return str(f.with_suffix(".onnx")) if f.suffix == ".ort" else str(f)
 
 
 def render(run: Path, emulate: bool = True) -> str:
@@ -93,14 +106,17 @@ def render(run: Path, emulate: bool = True) -> str:
         lines.append(f"Emulated: `qemu-x86_64 -cpu {EMULATED_CPU}` (AVX2 and FMA, no AVX-512, no VNNI), this "
                      f"host's onnxruntime and LiteRT; probe there {emu[1]:,.0f} "
                      f"({'saturates' if emu[1] != PROBE_EXACT else 'exact'}).")
-    lines += ["", "| file | this host's kernels | export verdict | emulated x86 without VNNI | qemu-aarch64 |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| file | this host's kernels | export verdict | emulated x86 without VNNI: its kernels | "
+              "emulated x86 without VNNI: the export's check | qemu-aarch64 |", "| --- | --- | --- | --- | --- | --- |"]
     cell = (lambda v: f"{v:.5f} ({v / torch_rmse:.3f}x)" if v is not None else "–")  # noqa: E731
     for r in rows:
         own = (r.get("host_kernels") or {}).get("rmse") if "host_kernels" in r else r.get("rmse")
-        e = rmse(emu[0][run / r["file"]], y) if emu is not None else None
+        e = emu[0][run / r["file"]] if emu is not None else {}
+        kernels = rmse(e["kernels"], y) if e else None
+        check = rmse(e["exact"], y) if e and e["exact"] is not None else kernels  # LiteRT: its own outputs
         a = arm.get(r["file"], {}).get("rmse")
-        lines.append(f"| {r['file']} | {cell(own)} | {cell(r.get('rmse'))} | {cell(e)} | {cell(a)} |")
+        lines.append(f"| {r['file']} | {cell(own)} | {cell(r.get('rmse'))} | {cell(kernels)} | {cell(check)} | "
+                     f"{cell(a)} |")
     return "\n".join(lines)
 
 
