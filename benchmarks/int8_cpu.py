@@ -49,11 +49,10 @@ print(json.dumps(out))
 """
 
 
-def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[Path, dict], float] | None:
+def emulated_outputs(files: dict[Path, str], x: np.ndarray) -> tuple[dict[Path, dict], float] | None:
     """Under ``qemu-x86_64 -cpu Haswell``: each file's outputs on ``x`` from this host's onnxruntime /
-    LiteRT kernels, and for onnxruntime files the export's own check there (the exact int8 arithmetic of
-    the .onnx file, for an .ort file of the .onnx it came from); the saturation probe's output. None
-    without qemu-x86_64 or off x86_64."""
+    LiteRT kernels, and where ``files`` names an .onnx for it, the export's own check there (that file's
+    exact int8 arithmetic); the saturation probe's output. None without qemu-x86_64 or off x86_64."""
     from export.int8_arith import int8_probe_model, probe_input
 
     qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
@@ -64,7 +63,7 @@ def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[Path, dict]
         np.save(d / "x.npy", x.astype(np.float32))
         np.save(d / "probe_x.npy", probe_input())
         probe = int8_probe_model(d / "probe.onnx")
-        args = [f"{f}={d / 'x.npy'}={_exact_source(f)}" for f in files] + [f"{probe}={d / 'probe_x.npy'}="]
+        args = [f"{f}={d / 'x.npy'}={exact}" for f, exact in files.items()] + [f"{probe}={d / 'probe_x.npy'}="]
         root = Path(__file__).resolve().parent.parent
         proc = subprocess.run([qemu, "-cpu", EMULATED_CPU, sys.executable, "-c", SCRIPT, *args],
                               capture_output=True, text=True, timeout=3600,
@@ -76,11 +75,16 @@ def emulated_outputs(files: list[Path], x: np.ndarray) -> tuple[dict[Path, dict]
         return res, float(np.asarray(out[str(probe)]["kernels"]).ravel()[0])
 
 
-def _exact_source(f: Path) -> str:
-    """The .onnx whose exact arithmetic the export judges ``f`` by ("" for a .tflite file)."""
-    if f.suffix == ".tflite":
+def _exact_source(run: Path, row: dict) -> str:
+    """The .onnx whose exact arithmetic the export judges a row's file by ("" for a LiteRT file): itself, or
+    for an .ort file the int8 ONNX it is converted from (as ``ExportJob.ort_source``)."""
+    from export.format_table import ROWS
+
+    if row["runtime"] != "onnxruntime":
         return ""
-    return str(f.with_suffix(".onnx")) if f.suffix == ".ort" else str(f)
+    if row["file"].endswith(".ort"):
+        return str(run / ROWS["onnx_int8"].file.format(stem=row["model"]))
+    return str(run / row["file"])
 
 
 def render(run: Path, emulate: bool = True) -> str:
@@ -98,7 +102,7 @@ def render(run: Path, emulate: bool = True) -> str:
             and "file" in r and "/" not in r["file"]]
     splits = Splits.load(run / "data.npz")
     x, y = splits.x["test"], splits.y_clean["test"]
-    emu = emulated_outputs([run / r["file"] for r in rows], x) if emulate else None
+    emu = emulated_outputs({run / r["file"]: _exact_source(run, r) for r in rows}, x) if emulate else None
     p = export["host_int8"]
     lines = [f"Run `{run}`; PyTorch student RMSE {torch_rmse:.5f}. Host: {machine()}; probe "
              f"{p['probe_output']:,.0f} (exact {p['probe_exact']:,})."]

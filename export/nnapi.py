@@ -43,7 +43,8 @@ def read_graph(path: Path) -> tuple[list[Node], list[Tensor], list[int]]:
     """(nodes in execution order, tensors, graph outputs) of the main subgraph of a .tflite file."""
     from ai_edge_litert import schema_py_generated as schema
 
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    from export.tflite_ops import op_kind
+
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
     g = model.subgraphs[0]
@@ -65,7 +66,7 @@ def read_graph(path: Path) -> tuple[list[Node], list[Tensor], list[int]]:
     nodes = []
     for op in g.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        name = op_kind(model, op)
         if name == "CUSTOM" and code.customCode:
             name = "CUSTOM:" + code.customCode.decode(errors="replace")
         nodes.append(Node(name, int(code.version), [int(i) for i in op.inputs], [int(i) for i in op.outputs],

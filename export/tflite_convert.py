@@ -104,12 +104,13 @@ def _integer(out: Path, stem: str, variants: list[str], calib: np.ndarray, io: d
     from export import tflite_output_grid
 
     full = _int8_converter(out, calib).convert()
-    if output_grid == "mse":
+    selective = "int8" in variants and any(_kept_float(full, float_ops, float_last))  # else no second calibration
+    if output_grid == "mse" and ("int8_io" in variants or not selective):  # only for a file written from `full`
         full, _ = tflite_output_grid.choose(full, (out / f"{stem}_{SUFFIX['fp32']}.tflite").read_bytes(), calib)
     files = {"int8": full}
     if "int8_io" in variants:
         files["int8_io"] = _tidy(modify_model_io_type(full, tf.int8, tf.int8), full)
-    if "int8" in variants and any(_kept_float(full, float_ops, float_last)):  # else no second calibration
+    if selective:
         files["int8"] = _selective(out, calib, float_ops, float_last)
     for v, data in files.items():
         name_ = f"{stem}_{SUFFIX[v]}.tflite"
@@ -145,17 +146,13 @@ NOT_COMPUTE = ("QUANTIZE", "DEQUANTIZE")
 
 def _ops(model: bytes) -> list[tuple[str, str]]:
     """(op type, first output tensor name) of each operator of the main graph, in execution order."""
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils as fb
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    from export.tflite_ops import op_kind
+
     m = fb.convert_bytearray_to_object(model)
     g = m.subgraphs[0]
-    out = []
-    for op in g.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-        out.append((kind, g.tensors[op.outputs[0]].name.decode()))
+    out = [(op_kind(m, op), g.tensors[op.outputs[0]].name.decode()) for op in g.operators]
     return [o for o in out if o[0] not in NOT_COMPUTE]
 
 

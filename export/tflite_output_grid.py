@@ -86,20 +86,16 @@ def _last_layer(m) -> tuple[object, int] | str:
     """(the FULLY_CONNECTED operator, its int8 output tensor) that makes the graph's only output, or why not."""
     from tensorflow.lite.python import schema_py_generated as schema
 
+    from export.tflite_ops import op_kind
+
     g = m.subgraphs[0]
     if len(m.subgraphs) != 1 or len(g.outputs) != 1:
         return "not a single-graph, single-output model"
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-    def kind(op):
-        code = m.operatorCodes[op.opcodeIndex]
-        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-
     producer = {int(t): op for op in g.operators for t in op.outputs}
     op = producer.get(int(g.outputs[0]))
-    if op is not None and kind(op) == "DEQUANTIZE":
+    if op is not None and op_kind(m, op) == "DEQUANTIZE":
         op = producer.get(int(op.inputs[0]))
-    if op is None or kind(op) != "FULLY_CONNECTED":
+    if op is None or op_kind(m, op) != "FULLY_CONNECTED":
         return "the output is not made by a FULLY_CONNECTED layer"
     if op.builtinOptions is not None and op.builtinOptions.fusedActivationFunction != 0:
         return "the last FULLY_CONNECTED layer has a fused activation"
